@@ -1,0 +1,202 @@
+"""RetryTransport: re-send what failed, when it is safe, after a backoff."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import anyio
+import httpx
+from tenacity import AsyncRetrying, Future, RetryCallState
+
+from ._layer import Layer
+from ._options import request_options
+from ._retry_policy import (
+    DEFAULT_POLICY,
+    RetryPolicy,
+    is_replayable,
+    parse_retry_after,
+    retry_reason,
+)
+
+logger = logging.getLogger("httpx_resilience")
+
+Sleep = Callable[[float], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """One decision to re-send: after which attempt, why, and the wait."""
+
+    attempt: int
+    reason: str
+    wait: float
+
+
+@dataclass(frozen=True, slots=True)
+class RetryHistory:
+    """What the retry layer did for a response: ``response.extensions["retry"]``.
+
+    >>> history = response.extensions["retry"]  # doctest: +SKIP
+    >>> history.attempts, [(e.reason, e.wait) for e in history.events]  # doctest: +SKIP
+    (3, [('503', 0.61), ('503', 1.2)])
+    """
+
+    attempts: int
+    events: tuple[RetryEvent, ...] = ()
+
+
+_FIRST_TRY = RetryHistory(attempts=1)
+
+
+class RetryTransport(Layer):
+    """Re-send failed requests that are safe to re-send, with Tenacity backoff.
+
+    >>> client = httpx.AsyncClient(transport=RetryTransport(httpx.AsyncHTTPTransport()))
+
+    What is retried and how long to wait come from the ``RetryPolicy``; a
+    request can replace it with ``extensions={"resilience": {"retry": ...}}``
+    (``False`` for no retries, or another ``RetryPolicy``). After the last
+    attempt the caller gets the last response, or the last exception as
+    httpx raised it.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        policy: RetryPolicy | None = None,
+        *,
+        sleep: Sleep = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(transport)
+        self._policy = policy or DEFAULT_POLICY
+        self._sleep = sleep
+        self._clock = clock
+        self._wall_clock = wall_clock
+        # Tenacity strategies receive a RetryCallState, which names its
+        # Retrying object; none of our loop runs inside it.
+        self._retrying = AsyncRetrying(sleep=sleep)
+
+    @property
+    def policy(self) -> RetryPolicy:
+        return self._policy
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        policy = self._policy_for(request)
+        # Decided before the first attempt: a transport may swap in a
+        # replayable copy of a body it has consumed (MockTransport does).
+        if policy is None or not is_replayable(request):
+            response = await self._transport.handle_async_request(request)
+            response.extensions["retry"] = _FIRST_TRY
+            return response
+        start = self._clock()
+        # The first attempt stays out of Tenacity's machinery: most requests
+        # never need a second one.
+        try:
+            response = await self._transport.handle_async_request(request)
+        except Exception as exc:
+            if retry_reason(request, exc, policy) is None:
+                raise
+            return await self._retry(request, policy, exc, start)
+        if response.status_code in cast(frozenset[int], policy.statuses):
+            return await self._retry(request, policy, response, start)
+        response.extensions["retry"] = _FIRST_TRY
+        return response
+
+    def _policy_for(self, request: httpx.Request) -> RetryPolicy | None:
+        option = request_options(request).get("retry", True)
+        if option is True:
+            return self._policy
+        if option is False:
+            return None
+        if isinstance(option, RetryPolicy):
+            return option
+        raise TypeError(f'the "retry" option must be True, False or a RetryPolicy, got {option!r}')
+
+    async def _retry(
+        self,
+        request: httpx.Request,
+        policy: RetryPolicy,
+        outcome: httpx.Response | Exception,
+        start: float,
+    ) -> httpx.Response:
+        state = RetryCallState(self._retrying, None, (), {})
+        state.start_time = start
+        events: list[RetryEvent] = []
+        while True:
+            reason = retry_reason(request, outcome, policy)
+            if reason is None:
+                break
+            _record(state, outcome, self._clock())
+            retry_after = None
+            if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
+                header = outcome.headers.get("Retry-After")
+                if header is not None:
+                    retry_after = parse_retry_after(header, self._wall_clock())
+            wait = policy.next_wait(state, retry_after)
+            if wait is None:
+                break
+            events.append(RetryEvent(state.attempt_number, reason, wait))
+            _log_retry(request, state.attempt_number, reason, wait)
+            if isinstance(outcome, httpx.Response):
+                # Give the connection back to the pool before waiting.
+                await outcome.aclose()
+            await self._sleep(wait)
+            state.idle_for += wait
+            state.prepare_for_next_attempt()
+            try:
+                outcome = await self._transport.handle_async_request(request)
+            except Exception as exc:
+                outcome = exc
+        history = RetryHistory(state.attempt_number, tuple(events))
+        if isinstance(outcome, httpx.Response):
+            outcome.extensions["retry"] = history
+            return outcome
+        if events:
+            _add_note(outcome, history)
+        raise outcome
+
+
+def _record(state: RetryCallState, outcome: httpx.Response | Exception, now: float) -> None:
+    """Tell Tenacity's state what the attempt gave, for its stop and wait strategies."""
+    future: Future = Future(state.attempt_number)
+    if isinstance(outcome, httpx.Response):
+        future.set_result(outcome)
+    else:
+        future.set_exception(outcome)
+    state.outcome, state.outcome_timestamp = future, now
+
+
+def _log_retry(request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
+    if logger.isEnabledFor(logging.INFO):
+        url = request.url.copy_with(username=None, password=None, query=None, fragment=None)
+        logger.info(
+            "retrying %s %s after attempt %d failed with %s; waiting %.3f s",
+            request.method,
+            url,
+            attempt,
+            reason,
+            wait,
+            extra={
+                "http_method": request.method,
+                "url": str(url),
+                "attempt": attempt,
+                "reason": reason,
+                "wait": wait,
+            },
+        )
+
+
+def _add_note(exc: BaseException, history: RetryHistory) -> None:
+    reasons = ", ".join(event.reason for event in history.events)
+    note = (
+        f"httpx-resilience: gave up after {history.attempts} attempts (retried after: {reasons})"
+    )
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:  # Python >= 3.11
+        add_note(note)

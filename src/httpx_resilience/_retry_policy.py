@@ -1,0 +1,233 @@
+"""What may be re-sent, and after how long: pure decisions, no I/O."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httpx
+from tenacity import Future, RetryCallState, stop_after_attempt, wait_exponential_jitter
+from tenacity.stop import StopBaseT
+from tenacity.wait import WaitBaseT
+
+from ._options import request_options
+
+#: Safe to repeat by RFC 9110 §9.2.2.
+IDEMPOTENT_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PUT", "TRACE"})
+
+#: Statuses that say "try again later" rather than "your request is wrong".
+DEFAULT_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+#: Transport failures worth another attempt.
+DEFAULT_RETRY_EXCEPTIONS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ReadError,
+    httpx.ReadTimeout,
+    httpx.RemoteProtocolError,
+    httpx.WriteError,
+    httpx.WriteTimeout,
+)
+
+#: Failures that happen before any byte of the request leaves, so the server
+#: cannot have acted on it: re-sending is safe whatever the method.
+NOT_SENT_EXCEPTIONS: tuple[type[Exception], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When to re-send a request and how long to wait first.
+
+    Built once and shared by every request; change it with
+    ``dataclasses.replace``.
+
+    >>> from tenacity import stop_after_attempt, wait_exponential
+    >>> policy = RetryPolicy(
+    ...     stop=stop_after_attempt(5),
+    ...     wait=wait_exponential(multiplier=0.2, max=5),
+    ...     statuses={500, 502, 503, 504},
+    ... )
+
+    ``stop`` and ``wait`` are Tenacity strategies; any of Tenacity's (or a
+    callable taking a ``tenacity.RetryCallState``) works, combined with
+    ``|`` and ``+`` as usual. The default is 3 attempts in all, waiting
+    0.5 s then 1 s (plus up to 0.5 s of jitter), never more than 10 s.
+    """
+
+    stop: StopBaseT = field(default_factory=lambda: stop_after_attempt(3))
+    wait: WaitBaseT = field(
+        default_factory=lambda: wait_exponential_jitter(multiplier=0.5, max=10, jitter=0.5)
+    )
+    statuses: Iterable[int] = DEFAULT_RETRY_STATUSES
+    exceptions: Iterable[type[Exception]] = DEFAULT_RETRY_EXCEPTIONS
+    idempotent_methods: Iterable[str] = IDEMPOTENT_METHODS
+    idempotency_header: str = "Idempotency-Key"
+    respect_retry_after: bool = True
+    max_retry_after: float = 60.0
+
+    def __post_init__(self) -> None:
+        statuses = frozenset(self.statuses)
+        for status in statuses:
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                raise ValueError(
+                    f"cannot retry on status {status!r}: retry statuses must be "
+                    "HTTP error codes from 400 to 599"
+                )
+        exceptions = tuple(self.exceptions)
+        for exc in exceptions:
+            if not (isinstance(exc, type) and issubclass(exc, Exception)):
+                raise TypeError(f"exceptions must be Exception subclasses, got {exc!r}")
+        if self.max_retry_after < 0:
+            raise ValueError(f"max_retry_after must be >= 0 seconds, got {self.max_retry_after}")
+        if not self.idempotency_header:
+            raise ValueError("idempotency_header must be a header name")
+        _check_stop(self.stop)
+        _check_wait(self.wait)
+        object.__setattr__(self, "statuses", statuses)
+        object.__setattr__(self, "exceptions", exceptions)
+        object.__setattr__(
+            self, "idempotent_methods", frozenset(m.upper() for m in self.idempotent_methods)
+        )
+
+    def next_wait(self, state: RetryCallState, retry_after: float | None = None) -> float | None:
+        """Seconds to wait before the next attempt, or ``None`` to give up.
+
+        ``state`` describes the attempt that just failed. A server asking for
+        more than ``max_retry_after`` is answered at once instead of waited for.
+        """
+        if retry_after is not None and retry_after > self.max_retry_after:
+            return None
+        wait = max(0.0, float(self.wait(state)))
+        if retry_after is not None and retry_after > wait:
+            wait = retry_after
+        state.upcoming_sleep = wait
+        if self.stop(state):
+            return None
+        return wait
+
+
+def _check_stop(stop: StopBaseT) -> None:
+    if not callable(stop):
+        raise TypeError(f"stop must be a Tenacity stop strategy, got {stop!r}")
+    if isinstance(stop, stop_after_attempt) and stop.max_attempt_number < 1:
+        raise ValueError(
+            f"stop_after_attempt({stop.max_attempt_number}): at least 1 attempt is needed"
+        )
+
+
+def _check_wait(wait: WaitBaseT) -> None:
+    if not callable(wait):
+        raise TypeError(f"wait must be a Tenacity wait strategy, got {wait!r}")
+    # Tenacity strategies do not validate their numbers; ask for the first
+    # waits once so that a negative setting fails here, not mid-request.
+    state = RetryCallState(cast(Any, None), None, (), {})
+    state.outcome = Future(1)
+    state.outcome.set_result(None)
+    state.outcome_timestamp = state.start_time
+    for attempt in (1, 2, 3):
+        state.attempt_number = attempt
+        try:
+            value = wait(state)
+        except Exception:
+            return
+        if value < 0:
+            raise ValueError(
+                f"wait strategy gives a negative wait ({value} s) after attempt {attempt}"
+            )
+
+
+def is_idempotent(request: httpx.Request, policy: RetryPolicy) -> bool:
+    """Whether the server may safely see this request more than once.
+
+    The per-request option ``{"idempotent": bool}`` wins; otherwise the method
+    decides (RFC 9110), and a POST or PATCH carrying an idempotency key
+    counts as idempotent.
+    """
+    flag = request_options(request).get("idempotent")
+    if flag is not None:
+        if not isinstance(flag, bool):
+            raise TypeError(f'the "idempotent" option must be True or False, got {flag!r}')
+        return flag
+    return (
+        request.method in cast(frozenset[str], policy.idempotent_methods)
+        or policy.idempotency_header in request.headers
+    )
+
+
+def is_replayable(request: httpx.Request) -> bool:
+    """Whether the request body can be sent again byte for byte.
+
+    Only an in-memory body (``content=bytes``, ``json=``, ``data=``, or none)
+    is; generators and files could be re-sent partial or empty.
+    """
+    return isinstance(request.stream, httpx.ByteStream)
+
+
+def retry_reason(
+    request: httpx.Request,
+    outcome: httpx.Response | BaseException,
+    policy: RetryPolicy,
+) -> str | None:
+    """Why this outcome may be re-sent, or ``None`` when it goes to the caller.
+
+    The reason is the status code (``"503"``) or the exception class name
+    (``"ConnectError"``), as in OpenTelemetry's ``error.type``.
+    """
+    if isinstance(outcome, httpx.Response):
+        if outcome.status_code not in cast(frozenset[int], policy.statuses):
+            return None
+        reason = str(outcome.status_code)
+        safe = is_idempotent(request, policy)
+    else:
+        if not isinstance(outcome, cast(tuple[type[Exception], ...], policy.exceptions)):
+            return None
+        reason = type(outcome).__name__
+        safe = isinstance(outcome, NOT_SENT_EXCEPTIONS) or is_idempotent(request, policy)
+    if safe and is_replayable(request):
+        return reason
+    return None
+
+
+def is_retryable(
+    request: httpx.Request,
+    outcome: httpx.Response | BaseException,
+    policy: RetryPolicy | None = None,
+) -> bool:
+    """Whether the policy allows re-sending ``request`` after ``outcome``.
+
+    >>> request = httpx.Request("POST", "https://example.com/pay", json={"amount": 1})
+    >>> is_retryable(request, httpx.Response(503))
+    False
+    >>> is_retryable(request, httpx.ConnectError("refused"))
+    True
+    """
+    return retry_reason(request, outcome, policy or DEFAULT_POLICY) is not None
+
+
+def parse_retry_after(value: str, now: float) -> float | None:
+    """Seconds asked for by a ``Retry-After`` header, or ``None`` if unreadable.
+
+    Both forms of RFC 9110 §10.2.3 are read: delta-seconds (``"120"``) and an
+    HTTP-date, taken relative to ``now`` (a POSIX timestamp). A date in the
+    past means "now".
+    """
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" dates; HTTP-dates are always GMT
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+DEFAULT_POLICY = RetryPolicy()
