@@ -189,7 +189,7 @@ class ScriptedApp:
             await _send_reply(send, Reply(status=int(path.removeprefix("/status/"))))
         elif path.startswith("/stream/") and path != "/stream/":
             size = int(query.get("size", ["0"])[0])
-            chunk = int(query.get("chunk", [str(DEFAULT_CHUNK)])[0])
+            chunk = max(1, int(query.get("chunk", [str(DEFAULT_CHUNK)])[0]))
             await self._stream(path.removeprefix("/stream/"), size, chunk, send)
         elif path == "/delay":
             await anyio.sleep(float(query.get("seconds", ["0"])[0]))
