@@ -5,6 +5,10 @@ from __future__ import annotations
 import email.utils
 from collections.abc import AsyncIterator
 
+import h2.errors
+import h2.events
+import h2.exceptions
+import httpcore
 import httpx
 import pytest
 from tenacity import (
@@ -22,6 +26,7 @@ from httpx_resilience import (
     parse_retry_after,
     retry_reason,
 )
+from httpx_resilience._retry_policy import unprocessed_reason
 
 URL = "https://api.example.com/things"
 POLICY = RetryPolicy()
@@ -235,3 +240,88 @@ def test_policy_is_frozen_and_normalised() -> None:
     assert policy.idempotent_methods == frozenset({"GET"})
     with pytest.raises(AttributeError):
         policy.max_retry_after = 1  # type: ignore[misc]
+
+
+REMOTE = (httpx.RemoteProtocolError, httpcore.RemoteProtocolError)
+LOCAL = (httpx.LocalProtocolError, httpcore.LocalProtocolError)
+
+
+def _chained(
+    errors: tuple[type[httpx.TransportError], type[Exception]], detail: object
+) -> httpx.TransportError:
+    """An httpx exception chained to httpcore's, as httpx's mapping makes them."""
+    httpx_error, httpcore_error = errors
+    mapped = httpx_error(str(detail))
+    mapped.__cause__ = httpcore_error(detail)
+    return mapped
+
+
+def _closed_state_error(input_name: str) -> h2.exceptions.ProtocolError:
+    return h2.exceptions.ProtocolError(
+        f"Invalid input ConnectionInputs.{input_name} in state ConnectionState.CLOSED"
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (
+            _chained(
+                REMOTE,
+                h2.events.StreamReset(stream_id=3, error_code=h2.errors.ErrorCodes.REFUSED_STREAM),
+            ),
+            "REFUSED_STREAM",
+        ),
+        (
+            _chained(
+                REMOTE,
+                h2.events.StreamReset(stream_id=3, error_code=h2.errors.ErrorCodes.CANCEL),
+            ),
+            None,
+        ),
+        (
+            _chained(
+                LOCAL,
+                h2.exceptions.TooManyStreamsError("Max outbound streams is 100, 100 open"),
+            ),
+            "STREAM_LIMIT",
+        ),
+        (
+            _chained(
+                LOCAL,
+                _closed_state_error("SEND_HEADERS"),
+            ),
+            "CONNECTION_CLOSED",
+        ),
+        # The headers went out: the server may have acted on them.
+        (
+            _chained(
+                LOCAL,
+                _closed_state_error("SEND_DATA"),
+            ),
+            None,
+        ),
+        (
+            _chained(
+                LOCAL,
+                _closed_state_error("RECV_HEADERS"),
+            ),
+            None,
+        ),
+        (
+            _chained(
+                REMOTE,
+                h2.events.ConnectionTerminated(),
+            ),
+            None,
+        ),
+        (
+            _chained(REMOTE, "Server disconnected"),
+            None,
+        ),
+        (httpx.RemoteProtocolError("no cause"), None),
+        (httpx.ConnectError("refused"), None),
+    ],
+)
+def test_unprocessed_reason(exc: BaseException, reason: str | None) -> None:
+    assert unprocessed_reason(exc) == reason

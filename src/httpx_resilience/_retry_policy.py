@@ -7,6 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+import h2.errors
+import h2.events
+import h2.exceptions
+import httpcore
 import httpx
 from tenacity import Future, RetryCallState, stop_after_attempt, wait_exponential_jitter
 from tenacity.stop import StopBaseT
@@ -71,6 +75,7 @@ class RetryPolicy:
     idempotency_header: str = "Idempotency-Key"
     respect_retry_after: bool = True
     max_retry_after: float = 60.0
+    unprocessed_resends: int = 5
 
     def __post_init__(self) -> None:
         statuses = frozenset(self.statuses)
@@ -86,6 +91,8 @@ class RetryPolicy:
                 raise TypeError(f"exceptions must be Exception subclasses, got {exc!r}")
         if self.max_retry_after < 0:
             raise ValueError(f"max_retry_after must be >= 0 seconds, got {self.max_retry_after}")
+        if self.unprocessed_resends < 0:
+            raise ValueError(f"unprocessed_resends must be >= 0, got {self.unprocessed_resends}")
         if not self.idempotency_header:
             raise ValueError("idempotency_header must be a header name")
         _check_stop(self.stop)
@@ -209,6 +216,37 @@ def is_retryable(
     True
     """
     return retry_reason(request, outcome, policy or DEFAULT_POLICY) is not None
+
+
+def unprocessed_reason(exc: BaseException) -> str | None:
+    """Why an HTTP/2 failure proves the server never processed the request.
+
+    ``"REFUSED_STREAM"``: the server reset the stream with REFUSED_STREAM,
+    which RFC 9113 §8.7 says it does only for streams it did not process
+    (also what our GOAWAY guard answers for streams above ``last_stream_id``).
+    ``"STREAM_LIMIT"``: h2 refused to open the stream, so no byte left.
+    ``"CONNECTION_CLOSED"``: the connection was closed before the request
+    headers could be sent. ``None``: the request may have been processed.
+
+    The evidence is httpcore's exception, which httpx chains as ``__cause__``
+    and which carries h2's event or exception as its argument.
+    """
+    cause = exc.__cause__
+    if not isinstance(exc, httpx.ProtocolError) or not isinstance(cause, httpcore.ProtocolError):
+        return None
+    detail = cause.args[0] if cause.args else None
+    if isinstance(detail, h2.events.StreamReset):
+        refused = detail.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+        return "REFUSED_STREAM" if refused else None
+    if isinstance(detail, h2.exceptions.TooManyStreamsError):
+        return "STREAM_LIMIT"
+    # h2 says which input its connection state machine refused; only a
+    # refused SEND_HEADERS proves nothing of this request was sent.
+    if isinstance(detail, h2.exceptions.ProtocolError) and str(detail).startswith(
+        "Invalid input ConnectionInputs.SEND_HEADERS in state"
+    ):
+        return "CONNECTION_CLOSED"
+    return None
 
 
 def parse_retry_after(value: str, now: float) -> float | None:
