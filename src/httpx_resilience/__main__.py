@@ -6,11 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from ._version import VERSION
 
 LAYERS = (
+    ("RequestIdTransport", "one X-Request-ID per logical request, shared by its attempts"),
     ("IdempotencyKeyTransport", "one Idempotency-Key per POST/PATCH, shared by its attempts"),
     ("RetryTransport", "re-sends what is safe to re-send, Tenacity backoff, Retry-After"),
+    ("TracingTransport", "one OpenTelemetry span and duration point per attempt"),
 )
 
 
@@ -19,9 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="httpx-resilience",
         description="Resilience middleware for httpx, built as composable transports.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     parser.parse_args(argv)
-    print(f"httpx-resilience {__version__}")
+    print(f"httpx-resilience {VERSION}")
     print("layers, outermost first:")
     width = max(len(name) for name, _ in LAYERS)
     for name, job in LAYERS:

@@ -6,14 +6,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import httpx
 from tenacity import AsyncRetrying, Future, RetryCallState
 
+from . import _otel
 from ._layer import Layer
 from ._options import request_options
+from ._request_id import REQUEST_ID
 from ._retry_policy import (
     DEFAULT_POLICY,
     RetryPolicy,
@@ -21,10 +23,26 @@ from ._retry_policy import (
     parse_retry_after,
     retry_reason,
 )
+from ._semconv import (
+    ERROR_TYPE,
+    HTTP_REQUEST_METHOD,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+    method_attribute,
+    server_port,
+)
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
 
 logger = logging.getLogger("httpx_resilience")
 
 Sleep = Callable[[float], Awaitable[Any]]
+
+#: Counter of re-sends, labelled with the reason (``error.type``), method and server.
+RETRIES_METRIC = "http.client.request.retries"
+#: Span event added to the caller's span before each wait.
+RETRY_EVENT = "httpx_resilience.retry"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +80,13 @@ class RetryTransport(Layer):
     (``False`` for no retries, or another ``RetryPolicy``). After the last
     attempt the caller gets the last response, or the last exception as
     httpx raised it.
+
+    Each retry is logged (logger ``httpx_resilience``, with the request ID
+    from ``request.extensions["request_id"]``), counted in
+    ``http.client.request.retries`` through ``meter_provider`` (the global
+    one by default, nothing without OpenTelemetry), and added as a span
+    event to the caller's current span. A first attempt that succeeds does
+    none of this.
     """
 
     def __init__(
@@ -72,6 +97,7 @@ class RetryTransport(Layer):
         sleep: Sleep = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         super().__init__(transport)
         self._policy = policy or DEFAULT_POLICY
@@ -81,6 +107,16 @@ class RetryTransport(Layer):
         # Tenacity strategies receive a RetryCallState, which names its
         # Retrying object; none of our loop runs inside it.
         self._retrying = AsyncRetrying(sleep=sleep)
+        meter = _otel.get_meter(meter_provider)
+        self._retries = (
+            None
+            if meter is None
+            else meter.create_counter(
+                RETRIES_METRIC,
+                unit="{retry}",
+                description="Re-sends of HTTP client requests, by the reason for each.",
+            )
+        )
 
     @property
     def policy(self) -> RetryPolicy:
@@ -142,7 +178,7 @@ class RetryTransport(Layer):
             if wait is None:
                 break
             events.append(RetryEvent(state.attempt_number, reason, wait))
-            _log_retry(request, state.attempt_number, reason, wait)
+            self._report(request, state.attempt_number, reason, wait)
             if isinstance(outcome, httpx.Response):
                 # Give the connection back to the pool before waiting.
                 await outcome.aclose()
@@ -161,6 +197,33 @@ class RetryTransport(Layer):
             _add_note(outcome, history)
         raise outcome
 
+    def _report(self, request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
+        """Tell the log, the retry counter and the caller's span about one retry."""
+        _log_retry(request, attempt, reason, wait)
+        if self._retries is not None:
+            url = request.url
+            attributes: dict[str, str | int] = {
+                ERROR_TYPE: reason,
+                HTTP_REQUEST_METHOD: method_attribute(request.method),
+                SERVER_ADDRESS: url.host,
+            }
+            port = server_port(url)
+            if port is not None:
+                attributes[SERVER_PORT] = port
+            self._retries.add(1, attributes)
+        # The caller's span: TracingTransport (inside this layer) makes an
+        # attempt's span current only while that attempt runs.
+        span = _otel.current_span()
+        if span is not None and span.is_recording():
+            span.add_event(
+                RETRY_EVENT,
+                {
+                    ERROR_TYPE: reason,
+                    "httpx_resilience.retry.attempt": attempt,
+                    "httpx_resilience.retry.wait": wait,
+                },
+            )
+
 
 def _record(state: RetryCallState, outcome: httpx.Response | Exception, now: float) -> None:
     """Tell Tenacity's state what the attempt gave, for its stop and wait strategies."""
@@ -175,19 +238,23 @@ def _record(state: RetryCallState, outcome: httpx.Response | Exception, now: flo
 def _log_retry(request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
     if logger.isEnabledFor(logging.INFO):
         url = request.url.copy_with(username=None, password=None, query=None, fragment=None)
+        # Set by RequestIdTransport, unless the ID is configured as sensitive.
+        request_id = request.extensions.get(REQUEST_ID)
         logger.info(
-            "retrying %s %s after attempt %d failed with %s; waiting %.3f s",
+            "retrying %s %s after attempt %d failed with %s; waiting %.3f s%s",
             request.method,
             url,
             attempt,
             reason,
             wait,
+            "" if request_id is None else f" (request ID {request_id})",
             extra={
                 "http_method": request.method,
                 "url": str(url),
                 "attempt": attempt,
                 "reason": reason,
                 "wait": wait,
+                "request_id": request_id,
             },
         )
 

@@ -1,0 +1,325 @@
+"""TracingTransport: one OpenTelemetry CLIENT span and one duration point per attempt."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+import httpx
+
+from . import _otel
+from ._layer import Layer
+from ._redact import SENSITIVE_QUERY_PARAMETERS, redact_url
+from ._request_id import REQUEST_ID, REQUEST_ID_HEADER
+from ._semconv import (
+    ERROR_TYPE,
+    HTTP_REQUEST_HEADER,
+    HTTP_REQUEST_METHOD,
+    HTTP_REQUEST_METHOD_ORIGINAL,
+    HTTP_REQUEST_RESEND_COUNT,
+    HTTP_RESPONSE_STATUS_CODE,
+    KNOWN_METHODS,
+    NETWORK_PEER_ADDRESS,
+    NETWORK_PEER_PORT,
+    NETWORK_PROTOCOL_VERSION,
+    SERVER_ADDRESS,
+    SERVER_PORT,
+    URL_FULL,
+    error_type,
+    method_attribute,
+    protocol_version,
+    server_port,
+)
+
+if _otel.OTEL_AVAILABLE:
+    from . import _otel_context as _oc
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.metrics import Histogram, MeterProvider
+    from opentelemetry.propagators.textmap import TextMapPropagator
+    from opentelemetry.trace import Span, TracerProvider
+
+DURATION_METRIC = "http.client.request.duration"
+
+# request.extensions key of the state one logical request carries from one
+# attempt to the next: RetryTransport (and httpx, on a redirect) sends the
+# same extensions again.
+_ATTEMPTS = "httpx_resilience.attempts"
+
+
+class TracingTransport(Layer):
+    """One OpenTelemetry CLIENT span and one ``http.client.request.duration`` point per attempt.
+
+    >>> from opentelemetry.sdk.trace import TracerProvider
+    >>> transport = RetryTransport(
+    ...     TracingTransport(httpx.AsyncHTTPTransport(), tracer_provider=TracerProvider())
+    ... )
+
+    Place it inside ``RetryTransport``: each re-send is then a span of its
+    own, a sibling of the first under the caller's span, with
+    ``http.request.resend_count``. Attributes follow the stable HTTP client
+    conventions; ``url.full`` has credentials and the values of
+    ``sensitive_query_parameters`` replaced by ``REDACTED``. The span of a
+    streamed response ends when its body is read to the end, closed, or
+    fails. Each attempt carries its own ``traceparent`` (the propagators'
+    headers), and the OpenTelemetry httpx instrumentation, if active, stays
+    quiet for the attempts this layer traces.
+
+    Providers default to the global ones. Needs ``opentelemetry-api``; the
+    constructor raises ``ImportError`` without it.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        propagator: TextMapPropagator | None = None,
+        sensitive_query_parameters: Iterable[str] = SENSITIVE_QUERY_PARAMETERS,
+    ) -> None:
+        _otel.require_otel("TracingTransport")
+        if isinstance(sensitive_query_parameters, str):
+            raise TypeError("sensitive_query_parameters must be a collection of names, not a str")
+        super().__init__(transport)
+        self._tracer = _otel.get_tracer(tracer_provider)
+        meter = _otel.get_meter(meter_provider)
+        assert meter is not None  # require_otel passed
+        self._duration = meter.create_histogram(
+            DURATION_METRIC,
+            unit="s",
+            description="Duration of HTTP client requests.",
+            explicit_bucket_boundaries_advisory=_otel.DURATION_BUCKETS,
+        )
+        # None: the global propagator, looked up per attempt, so that one set
+        # up after this transport was built still applies.
+        self._inject: Callable[..., None] = _oc.inject if propagator is None else propagator.inject
+        self._sensitive = frozenset(sensitive_query_parameters)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        attempts = request.extensions.get(_ATTEMPTS)
+        if attempts is None:
+            attempts = request.extensions[_ATTEMPTS] = _Attempts()
+        else:
+            attempts.next(request.headers)
+        parent = _oc.get_current()
+        # An empty context (the usual case without the SDK) cannot hold a key
+        # that suppresses us, nor a trace or baggage to pass on.
+        if parent and _suppressed(parent):
+            return await self._transport.handle_async_request(request)
+        method = request.method
+        span = self._tracer.start_span(
+            method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT
+        )
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(self._request_attributes(request, attempts.count))
+        token = None
+        if recording or parent:
+            context = _oc.set_value(
+                _oc.SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, _oc.set_span_in_context(span, parent)
+            )
+            attempts.inject(request.headers, context, self._inject)
+            token = _oc.attach(context)
+        attempt = _Attempt(self._duration, span, recording, request)
+        try:
+            response = await self._transport.handle_async_request(request)
+        except BaseException as exc:
+            attempt.end(exc)
+            raise
+        finally:
+            if token is not None:
+                _oc.detach(token)
+        attempt.received(response)
+        if response.is_closed:
+            # Already read (httpx reads a Response built from bytes at once).
+            attempt.end(None)
+        else:
+            response.stream = _TracedStream(cast(httpx.AsyncByteStream, response.stream), attempt)
+        return response
+
+    def _request_attributes(self, request: httpx.Request, count: int) -> dict[str, Any]:
+        url = request.url
+        method = request.method
+        attributes: dict[str, Any] = {
+            HTTP_REQUEST_METHOD: method_attribute(method),
+            URL_FULL: redact_url(url, self._sensitive),
+            SERVER_ADDRESS: url.host,
+        }
+        port = server_port(url)
+        if port is not None:
+            attributes[SERVER_PORT] = port
+        if method not in KNOWN_METHODS:
+            attributes[HTTP_REQUEST_METHOD_ORIGINAL] = method
+        if count > 1:
+            attributes[HTTP_REQUEST_RESEND_COUNT] = count - 1
+        request_id = request.extensions.get(REQUEST_ID)
+        if request_id is not None:
+            header = request.extensions.get(REQUEST_ID_HEADER, "x-request-id")
+            attributes[f"{HTTP_REQUEST_HEADER}.{header}"] = (request_id,)
+        return attributes
+
+
+def _suppressed(context: Context) -> bool:
+    return any(_oc.get_value(key, context) for key in _oc.SUPPRESS_INSTRUMENTATION_KEYS)
+
+
+class _Attempts:
+    """What one logical request carries from one attempt to the next."""
+
+    __slots__ = ("count", "injected")
+
+    def __init__(self) -> None:
+        self.count = 1
+        self.injected: dict[str, str] = {}
+
+    def next(self, headers: httpx.Headers) -> None:
+        """Count a re-send, and take back the previous attempt's propagation headers.
+
+        Left in place, a ``traceparent`` naming the previous attempt's span
+        would go out again if this attempt injects none (say, it is not
+        traced). A header the caller changed since is theirs and stays.
+        """
+        self.count += 1
+        for name, value in self.injected.items():
+            if headers.get(name) == value:
+                del headers[name]
+        self.injected = {}
+
+    def inject(
+        self, headers: httpx.Headers, context: Context, inject: Callable[..., None]
+    ) -> None:
+        carrier: dict[str, str] = {}
+        inject(carrier, context)
+        for name, value in carrier.items():
+            headers[name] = value
+        self.injected = carrier
+
+
+class _Attempt:
+    """One attempt's span and duration, ended exactly once."""
+
+    __slots__ = (
+        "_done",
+        "_histogram",
+        "_recording",
+        "_request",
+        "_span",
+        "_start",
+        "_status",
+        "_version",
+    )
+
+    def __init__(
+        self, histogram: Histogram, span: Span, recording: bool, request: httpx.Request
+    ) -> None:
+        self._histogram = histogram
+        self._span = span
+        self._recording = recording
+        self._request = request
+        self._status: int | None = None
+        self._version: str | None = None
+        self._done = False
+        self._start = time.perf_counter()
+
+    def received(self, response: httpx.Response) -> None:
+        status = self._status = response.status_code
+        version = self._version = protocol_version(response.extensions.get("http_version"))
+        if not self._recording:
+            return
+        attributes: dict[str, Any] = {HTTP_RESPONSE_STATUS_CODE: status}
+        if version is not None:
+            attributes[NETWORK_PROTOCOL_VERSION] = version
+        stream = response.extensions.get("network_stream")
+        if stream is not None:
+            peer = stream.get_extra_info("server_addr")
+            if isinstance(peer, tuple) and len(peer) >= 2:
+                attributes[NETWORK_PEER_ADDRESS] = str(peer[0])
+                attributes[NETWORK_PEER_PORT] = peer[1]
+        if status >= 400:
+            attributes[ERROR_TYPE] = str(status)
+            self._span.set_status(_oc.Status(_oc.StatusCode.ERROR))
+        self._span.set_attributes(attributes)
+
+    def end(self, exc: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        elapsed = time.perf_counter() - self._start
+        span = self._span
+        if exc is not None and not isinstance(exc, Exception):
+            # Cancelled (or interrupted): the caller gave up, the request did
+            # not fail. Neither an error nor a duration worth recording.
+            span.end()
+            return
+        error = None
+        if exc is not None:
+            error = error_type(exc)
+            if self._recording:
+                span.record_exception(exc)
+                span.set_attribute(ERROR_TYPE, error)
+                span.set_status(_oc.Status(_oc.StatusCode.ERROR, str(exc) or None))
+        elif self._status is not None and self._status >= 400:
+            error = str(self._status)
+        span.end()
+        self._histogram.record(elapsed, self._metric_attributes(error))
+
+    def _metric_attributes(self, error: str | None) -> dict[str, Any]:
+        request = self._request
+        url = request.url
+        attributes: dict[str, Any] = {
+            HTTP_REQUEST_METHOD: method_attribute(request.method),
+            SERVER_ADDRESS: url.host,
+        }
+        port = server_port(url)
+        if port is not None:
+            attributes[SERVER_PORT] = port
+        if self._status is not None:
+            attributes[HTTP_RESPONSE_STATUS_CODE] = self._status
+        if self._version is not None:
+            attributes[NETWORK_PROTOCOL_VERSION] = self._version
+        if error is not None:
+            attributes[ERROR_TYPE] = error
+        return attributes
+
+
+class _TracedStream(httpx.AsyncByteStream):
+    """A response body that ends its attempt when it is read out, fails or is closed.
+
+    Nothing is read ahead: each chunk passes through as the caller asks for it.
+    """
+
+    __slots__ = ("_attempt", "_iterator", "_stream")
+
+    def __init__(self, stream: httpx.AsyncByteStream, attempt: _Attempt) -> None:
+        self._stream = stream
+        self._attempt = attempt
+        self._iterator: AsyncIterator[bytes] | None = None
+
+    # An iterator object rather than an async generator: a generator left
+    # unfinished (the caller stops reading) is finalized later by the event
+    # loop, and would report GeneratorExit as a failure of the body.
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = self._stream.__aiter__()
+        try:
+            return await self._iterator.__anext__()
+        except StopAsyncIteration:
+            self._attempt.end(None)
+            raise
+        except BaseException as exc:
+            self._attempt.end(exc)
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        except BaseException as exc:
+            self._attempt.end(exc)
+            raise
+        self._attempt.end(None)
