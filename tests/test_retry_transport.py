@@ -7,6 +7,10 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 
+import h2.errors
+import h2.events
+import h2.exceptions
+import httpcore
 import httpx
 import pytest
 from tenacity import stop_after_attempt, stop_before_delay, wait_exponential, wait_fixed
@@ -18,6 +22,7 @@ from httpx_resilience import (
     RetryPolicy,
     RetryTransport,
 )
+from httpx_resilience._retry import DRAIN_LIMIT
 
 from .fakes import FakeSleep, Script, TrackedStream
 
@@ -184,21 +189,75 @@ async def test_wait_past_the_stop_budget_is_not_slept() -> None:
     assert sleep.now <= 10
 
 
-async def test_discarded_responses_are_closed_unread_and_the_last_is_left_open() -> None:
-    streams = [TrackedStream(b"busy"), TrackedStream(b"busy"), TrackedStream(b"ok")]
+async def test_discarded_responses_are_closed_and_the_last_is_left_unread() -> None:
+    big = b"x" * (DRAIN_LIMIT + 1)
+    streams = [TrackedStream(b"busy"), TrackedStream(big), TrackedStream(b"ok")]
     responses = iter(streams)
 
     def reply(request: httpx.Request) -> httpx.Response:
         stream = next(responses)
-        return httpx.Response(503 if stream.body == b"busy" else 200, stream=stream)
+        headers = {"Content-Length": str(len(stream.body))}
+        return httpx.Response(200 if stream.body == b"ok" else 503, headers=headers, stream=stream)
 
     script, sleep = Script([reply]), FakeSleep()
     transport = RetryTransport(script.transport(), FAST, sleep=sleep)
     request = httpx.Request("GET", URL)
     response = await transport.handle_async_request(request)
     assert response.status_code == 200
-    assert [(s.read, s.closed) for s in streams] == [(False, True), (False, True), (False, False)]
+    # A small discarded body is read out so its connection can be reused; a
+    # large one is only closed; the caller's response is untouched.
+    assert [(s.read, s.closed) for s in streams] == [(True, True), (False, True), (False, False)]
     await response.aclose()
+
+
+def _refused(request: httpx.Request) -> httpx.Response:
+    """What httpx raises for an HTTP/2 stream reset with REFUSED_STREAM."""
+    reset = h2.events.StreamReset(stream_id=1, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+    raise httpx.RemoteProtocolError(str(reset)) from httpcore.RemoteProtocolError(reset)
+
+
+def _closed_by_goaway(request: httpx.Request) -> httpx.Response:
+    error = h2.exceptions.ProtocolError(
+        "Invalid input ConnectionInputs.SEND_HEADERS in state ConnectionState.CLOSED"
+    )
+    raise httpx.LocalProtocolError(str(error)) from httpcore.LocalProtocolError(error)
+
+
+async def test_unprocessed_post_is_resent_at_once_without_spending_attempts() -> None:
+    script, sleep = Script([_refused, _closed_by_goaway, 201]), FakeSleep()
+    async with _client(script, sleep) as client:
+        response = await client.post(URL, json={"amount": 10})
+    assert response.status_code == 201
+    assert sleep.calls == []
+    assert response.extensions["retry"] == RetryHistory(
+        attempts=3,
+        events=(
+            RetryEvent(1, "REFUSED_STREAM", 0.0, unprocessed=True),
+            RetryEvent(1, "CONNECTION_CLOSED", 0.0, unprocessed=True),
+        ),
+    )
+
+
+async def test_unprocessed_resends_are_capped_then_follow_the_policy() -> None:
+    script, sleep = Script([_closed_by_goaway]), FakeSleep()
+    async with _client(script, sleep) as client:
+        with pytest.raises(httpx.LocalProtocolError) as caught:
+            await client.post(URL, json={})
+    # 1 + 5 at once, then 2 more policy attempts after a backoff each.
+    assert len(script.requests) == 8
+    assert sleep.calls == [1.0, 2.0]
+    message = str(caught.value)
+    assert "ConnectionInputs" not in message
+    assert "before the request could be sent" in message
+
+
+async def test_unprocessed_resends_can_be_turned_off() -> None:
+    policy = RetryPolicy(stop=stop_after_attempt(2), wait=wait_fixed(1), unprocessed_resends=0)
+    script, sleep = Script([_refused, 200]), FakeSleep()
+    async with _client(script, sleep, policy) as client:
+        response = await client.post(URL, json={})
+    assert response.status_code == 200
+    assert sleep.calls == [1.0]
 
 
 async def _body() -> AsyncIterator[bytes]:

@@ -22,6 +22,7 @@ from ._retry_policy import (
     is_replayable,
     parse_retry_after,
     retry_reason,
+    unprocessed_reason,
 )
 from ._semconv import (
     ERROR_TYPE,
@@ -47,16 +48,26 @@ RETRY_EVENT = "httpx_resilience.retry"
 
 @dataclass(frozen=True, slots=True)
 class RetryEvent:
-    """One decision to re-send: after which attempt, why, and the wait."""
+    """One decision to re-send: after which attempt, why, and the wait.
+
+    ``unprocessed`` marks a re-send at once of a request the server provably
+    never processed (HTTP/2 ``REFUSED_STREAM``, a connection closed by
+    GOAWAY before the request went out): it is not counted as an attempt of
+    the policy and waits for nothing.
+    """
 
     attempt: int
     reason: str
     wait: float
+    unprocessed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RetryHistory:
     """What the retry layer did for a response: ``response.extensions["retry"]``.
+
+    ``attempts`` counts every time the request was sent, unprocessed
+    re-sends included.
 
     >>> history = response.extensions["retry"]  # doctest: +SKIP
     >>> history.attempts, [(e.reason, e.wait) for e in history.events]  # doctest: +SKIP
@@ -164,10 +175,25 @@ class RetryTransport(Layer):
         state = RetryCallState(self._retrying, None, (), {})
         state.start_time = start
         events: list[RetryEvent] = []
+        sends = 1
+        unprocessed_left = policy.unprocessed_resends
         while True:
             reason = retry_reason(request, outcome, policy)
             if reason is None:
                 break
+            if (
+                unprocessed_left
+                and isinstance(outcome, Exception)
+                and unprocessed_reason(outcome) is not None
+            ):
+                # Nothing of it was processed: send it again now, on another
+                # stream or connection, without spending a policy attempt.
+                unprocessed_left -= 1
+                events.append(RetryEvent(state.attempt_number, reason, 0.0, unprocessed=True))
+                self._report(request, state.attempt_number, reason, 0.0)
+                outcome = await self._send(request)
+                sends += 1
+                continue
             _record(state, outcome, self._clock())
             retry_after = None
             if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
@@ -180,22 +206,29 @@ class RetryTransport(Layer):
             events.append(RetryEvent(state.attempt_number, reason, wait))
             self._report(request, state.attempt_number, reason, wait)
             if isinstance(outcome, httpx.Response):
-                # Give the connection back to the pool before waiting.
-                await outcome.aclose()
+                await _discard(outcome)
             await self._sleep(wait)
             state.idle_for += wait
             state.prepare_for_next_attempt()
-            try:
-                outcome = await self._transport.handle_async_request(request)
-            except Exception as exc:
-                outcome = exc
-        history = RetryHistory(state.attempt_number, tuple(events))
+            outcome = await self._send(request)
+            sends += 1
+        history = RetryHistory(sends, tuple(events))
         if isinstance(outcome, httpx.Response):
             outcome.extensions["retry"] = history
             return outcome
+        unprocessed = unprocessed_reason(outcome)
+        if unprocessed is not None:
+            # Say what happened in words, not in h2's state-machine terms.
+            raise type(outcome)(_UNPROCESSED[unprocessed]) from outcome
         if events:
             _add_note(outcome, history)
         raise outcome
+
+    async def _send(self, request: httpx.Request) -> httpx.Response | Exception:
+        try:
+            return await self._transport.handle_async_request(request)
+        except Exception as exc:
+            return exc
 
     def _report(self, request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
         """Tell the log, the retry counter and the caller's span about one retry."""
@@ -223,6 +256,36 @@ class RetryTransport(Layer):
                     "httpx_resilience.retry.wait": wait,
                 },
             )
+
+
+_UNPROCESSED = {
+    "REFUSED_STREAM": "the server refused the HTTP/2 stream (REFUSED_STREAM) every time; "
+    "it did not process the request",
+    "STREAM_LIMIT": "no HTTP/2 stream could be opened for the request; it was not sent",
+    "CONNECTION_CLOSED": "the HTTP/2 connection closed (GOAWAY) before the request could be "
+    "sent; it was not sent",
+}
+
+#: A discarded response body up to this size is read before it is closed.
+DRAIN_LIMIT = 64 * 1024
+
+
+async def _discard(response: httpx.Response) -> None:
+    """Close a response that will not reach the caller, freeing its connection.
+
+    A small body is read first: an HTTP/1.1 connection closed mid-body cannot
+    be reused, and an HTTP/2 one never gets the unread bytes back in its
+    flow-control window (encode/httpcore#943), so enough discarded error
+    pages stall it.
+    """
+    length = response.headers.get("Content-Length", "")
+    try:
+        if length.isdigit() and int(length) <= DRAIN_LIMIT:
+            await response.aread()
+    except httpx.TransportError:
+        pass  # the connection is gone anyway; the retry will find another
+    finally:
+        await response.aclose()
 
 
 def _record(state: RetryCallState, outcome: httpx.Response | Exception, now: float) -> None:

@@ -185,18 +185,23 @@ def retry_reason(
     """Why this outcome may be re-sent, or ``None`` when it goes to the caller.
 
     The reason is the status code (``"503"``) or the exception class name
-    (``"ConnectError"``), as in OpenTelemetry's ``error.type``.
+    (``"ConnectError"``), as in OpenTelemetry's ``error.type``, or the
+    ``unprocessed_reason`` of an HTTP/2 failure the server provably never
+    processed, which is safe to re-send whatever the method.
     """
     if isinstance(outcome, httpx.Response):
         if outcome.status_code not in cast(frozenset[int], policy.statuses):
             return None
         reason = str(outcome.status_code)
         safe = is_idempotent(request, policy)
-    else:
-        if not isinstance(outcome, cast(tuple[type[Exception], ...], policy.exceptions)):
-            return None
+    elif (unprocessed := unprocessed_reason(outcome)) is not None:
+        # Provably never processed: safe whatever the method.
+        reason, safe = unprocessed, True
+    elif isinstance(outcome, cast(tuple[type[Exception], ...], policy.exceptions)):
         reason = type(outcome).__name__
         safe = isinstance(outcome, NOT_SENT_EXCEPTIONS) or is_idempotent(request, policy)
+    else:
+        return None
     if safe and is_replayable(request):
         return reason
     return None
