@@ -256,6 +256,18 @@ def _chained(
     return mapped
 
 
+def _after_goaway(h2_error: Exception) -> httpx.TransportError:
+    """httpx's error for a request that met a connection closed by GOAWAY.
+
+    httpcore raises ``RemoteProtocolError(ConnectionTerminated)`` while
+    handling h2's refusal, which so becomes its ``__context__``.
+    """
+    mapped = _chained(REMOTE, h2.events.ConnectionTerminated())
+    assert mapped.__cause__ is not None
+    mapped.__cause__.__context__ = h2_error
+    return mapped
+
+
 def _closed_state_error(input_name: str) -> h2.exceptions.ProtocolError:
     return h2.exceptions.ProtocolError(
         f"Invalid input ConnectionInputs.{input_name} in state ConnectionState.CLOSED"
@@ -308,13 +320,9 @@ def _closed_state_error(input_name: str) -> h2.exceptions.ProtocolError:
             ),
             None,
         ),
-        (
-            _chained(
-                REMOTE,
-                h2.events.ConnectionTerminated(),
-            ),
-            None,
-        ),
+        (_chained(REMOTE, h2.events.ConnectionTerminated()), None),
+        (_after_goaway(_closed_state_error("SEND_HEADERS")), "CONNECTION_CLOSED"),
+        (_after_goaway(_closed_state_error("SEND_DATA")), None),
         (
             _chained(REMOTE, "Server disconnected"),
             None,

@@ -7,6 +7,7 @@
 
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
+from ._network import DNSCache, Resolver, TimedNetworkBackend, default_resolver
 from ._redact import SENSITIVE_QUERY_PARAMETERS
 from ._request_id import RequestIdTransport, current_request_id, new_request_id, request_id
 from ._retry import RetryEvent, RetryHistory, RetryTransport
@@ -21,23 +22,33 @@ from ._retry_policy import (
     parse_retry_after,
     retry_reason,
 )
+from ._stack import PRODUCTION_LIMITS, resilient_transport
+from ._timings import Timings
 from ._tracing import TracingTransport
+from ._transport import HTTPTransport
 from ._version import VERSION as __version__  # noqa: F401 - public, not in __all__
 
 __all__ = [
     "DEFAULT_RETRY_EXCEPTIONS",
     "DEFAULT_RETRY_STATUSES",
     "IDEMPOTENT_METHODS",
+    "PRODUCTION_LIMITS",
     "SENSITIVE_QUERY_PARAMETERS",
+    "DNSCache",
+    "HTTPTransport",
     "IdempotencyKeyTransport",
     "Layer",
     "RequestIdTransport",
+    "Resolver",
     "RetryEvent",
     "RetryHistory",
     "RetryPolicy",
     "RetryTransport",
+    "TimedNetworkBackend",
+    "Timings",
     "TracingTransport",
     "current_request_id",
+    "default_resolver",
     "is_idempotent",
     "is_replayable",
     "is_retryable",
@@ -45,5 +56,6 @@ __all__ = [
     "new_request_id",
     "parse_retry_after",
     "request_id",
+    "resilient_transport",
     "retry_reason",
 ]

@@ -234,12 +234,17 @@ def unprocessed_reason(exc: BaseException) -> str | None:
     headers could be sent. ``None``: the request may have been processed.
 
     The evidence is httpcore's exception, which httpx chains as ``__cause__``
-    and which carries h2's event or exception as its argument.
+    and which carries h2's event or exception as its argument (or, after a
+    GOAWAY, h2's exception as its ``__context__``).
     """
     cause = exc.__cause__
     if not isinstance(exc, httpx.ProtocolError) or not isinstance(cause, httpcore.ProtocolError):
         return None
     detail = cause.args[0] if cause.args else None
+    if isinstance(detail, h2.events.ConnectionTerminated):
+        # httpcore reports the GOAWAY that closed the connection; what h2
+        # refused for this request is the exception it was handling.
+        detail = cause.__context__
     if isinstance(detail, h2.events.StreamReset):
         refused = detail.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
         return "REFUSED_STREAM" if refused else None

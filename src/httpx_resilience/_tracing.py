@@ -31,6 +31,7 @@ from ._semconv import (
     protocol_version,
     server_port,
 )
+from ._timings import Timings
 
 if _otel.OTEL_AVAILABLE:
     from . import _otel_context as _oc
@@ -42,6 +43,13 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
 
 DURATION_METRIC = "http.client.request.duration"
+
+#: Span events for the phases of opening a connection (HTTPTransport's timings),
+#: each at the moment its phase ended, with its duration in seconds.
+DNS_EVENT = "httpx_resilience.dns"
+CONNECT_EVENT = "httpx_resilience.connect"
+TLS_EVENT = "httpx_resilience.tls"
+PHASE_DURATION = "httpx_resilience.duration"
 
 # request.extensions key of the state one logical request carries from one
 # attempt to the next: RetryTransport (and httpx, on a redirect) sends the
@@ -208,6 +216,7 @@ class _Attempt:
         "_request",
         "_span",
         "_start",
+        "_start_ns",
         "_status",
         "_version",
     )
@@ -223,6 +232,8 @@ class _Attempt:
         self._version: str | None = None
         self._done = False
         self._start = time.perf_counter()
+        # Wall-clock time for span events; only a recorded span has any.
+        self._start_ns = time.time_ns() if recording else 0
 
     def received(self, response: httpx.Response) -> None:
         status = self._status = response.status_code
@@ -242,6 +253,21 @@ class _Attempt:
             attributes[ERROR_TYPE] = str(status)
             self._span.set_status(_oc.Status(_oc.StatusCode.ERROR))
         self._span.set_attributes(attributes)
+        timings = response.extensions.get("timings")
+        if isinstance(timings, Timings) and not timings.connection_reused:
+            self._setup_events(timings)
+
+    def _setup_events(self, timings: Timings) -> None:
+        """DNS, TCP connect and TLS of a new connection, as events at their ends."""
+        at = self._start_ns + int(timings.queue * 1e9)
+        for name, seconds in (
+            (DNS_EVENT, timings.dns),
+            (CONNECT_EVENT, timings.connect),
+            (TLS_EVENT, timings.tls),
+        ):
+            if seconds is not None:
+                at += int(seconds * 1e9)
+                self._span.add_event(name, {PHASE_DURATION: seconds}, timestamp=at)
 
     def end(self, exc: BaseException | None) -> None:
         if self._done:

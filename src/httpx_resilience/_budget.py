@@ -1,0 +1,109 @@
+"""Retry budgets: retries may add only a fraction to the load on an origin."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+#: ``request.extensions`` key under which RetryTransport lends its budget to
+#: the layers inside it (hedging draws from the same tokens).
+BUDGET_EXTENSION = "httpx_resilience.budget"
+
+Origin = tuple[str, str, int | None]
+
+
+def origin_of(url: httpx.URL) -> Origin:
+    """(scheme, host, port): what a budget or a circuit is kept per."""
+    return (url.scheme, url.host, url.port)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """How many retries an origin may get, as a token bucket per origin.
+
+    Every request puts ``ratio`` tokens in its origin's bucket and every retry
+    takes one out (a retry after a timeout takes ``timeout_cost``): retries
+    stay near ``ratio`` of the requests however badly the origin fails, so a
+    struggling server is not buried under a retry storm. The bucket holds at
+    most ``max_tokens``, starts full, and refills by ``min_per_second`` on its
+    own, so a quiet client can always retry now and then. The manner of
+    gRPC's retry throttling, Envoy's retry budget and Finagle's RetryBudget.
+
+    >>> policy = RetryPolicy(budget=RetryBudget(ratio=0.1))  # doctest: +SKIP
+    >>> policy = RetryPolicy(budget=None)  # no budget  # doctest: +SKIP
+    """
+
+    ratio: float = 0.2
+    max_tokens: float = 10.0
+    min_per_second: float = 1.0
+    timeout_cost: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio <= 1:
+            raise ValueError(f"ratio must be between 0 and 1, got {self.ratio}")
+        if self.max_tokens < 1:
+            raise ValueError(
+                f"max_tokens must be >= 1 so that one retry fits, got {self.max_tokens}"
+            )
+        if self.min_per_second < 0:
+            raise ValueError(f"min_per_second must be >= 0, got {self.min_per_second}")
+        if self.timeout_cost < 0:
+            raise ValueError(f"timeout_cost must be >= 0, got {self.timeout_cost}")
+
+
+class _Bucket:
+    __slots__ = ("tokens", "updated")
+
+    def __init__(self, tokens: float, now: float) -> None:
+        self.tokens = tokens
+        self.updated = now
+
+
+class BudgetBook:
+    """The token buckets of one transport, per origin, least recently used first out."""
+
+    def __init__(
+        self, budget: RetryBudget, *, clock: Callable[[], float] = time.monotonic, size: int = 1024
+    ) -> None:
+        self.budget = budget
+        self._clock = clock
+        self._size = size
+        self._buckets: OrderedDict[Origin, _Bucket] = OrderedDict()
+
+    def _bucket(self, origin: Origin) -> _Bucket:
+        now = self._clock()
+        bucket = self._buckets.get(origin)
+        budget = self.budget
+        if bucket is None:
+            bucket = self._buckets[origin] = _Bucket(budget.max_tokens, now)
+            if len(self._buckets) > self._size:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(origin)
+            if budget.min_per_second and now > bucket.updated:
+                refill = (now - bucket.updated) * budget.min_per_second
+                bucket.tokens = min(budget.max_tokens, bucket.tokens + refill)
+            bucket.updated = now
+        return bucket
+
+    def deposit(self, origin: Origin) -> None:
+        """A new request to ``origin``: it earns the origin ``ratio`` tokens."""
+        bucket = self._bucket(origin)
+        bucket.tokens = min(self.budget.max_tokens, bucket.tokens + self.budget.ratio)
+
+    def withdraw(self, origin: Origin, *, timeout: bool = False) -> bool:
+        """Take the tokens for one retry or hedge; ``False`` when there are too few."""
+        bucket = self._bucket(origin)
+        cost = self.budget.timeout_cost if timeout else 1.0
+        if bucket.tokens < cost:
+            return False
+        bucket.tokens -= cost
+        return True
+
+    def tokens(self, origin: Origin) -> float:
+        """Tokens left for ``origin`` (a full bucket for one never seen)."""
+        return self._bucket(origin).tokens

@@ -1,0 +1,88 @@
+"""resilient_transport(): the recommended stack in one call."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from . import _otel
+from ._idempotency import IdempotencyKeyTransport
+from ._request_id import RequestIdTransport
+from ._retry import RetryTransport, Sleep
+from ._retry_policy import RetryPolicy
+from ._transport import HTTPTransport
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+#: The production stack's pool: HTTP/2 multiplexes many requests on few
+#: connections; for HTTP/1.1 origins 50 connections bound the fan-out, and
+#: all 50 may stay alive: httpcore closes idle connections whenever more than
+#: ``max_keepalive_connections`` are open, so with 20 a burst of 50 requests
+#: opened new connections on every burst (tests/test_stack.py).
+PRODUCTION_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+
+
+def resilient_transport(
+    *,
+    base: httpx.AsyncBaseTransport | None = None,
+    retry: RetryPolicy | bool = True,
+    idempotency_keys: bool = False,
+    request_id_header: str | None = "X-Request-ID",
+    tracing: bool | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    sleep: Sleep | None = None,
+    **transport_options: Any,
+) -> httpx.AsyncBaseTransport:
+    """The recommended stack, outermost first: request ID, idempotency keys,
+    retry, tracing, and the HTTP/2 base transport with connection timings.
+
+    >>> client = httpx.AsyncClient(transport=resilient_transport(), base_url="https://api.example.com")
+
+    Keyword arguments not listed here go to ``HTTPTransport`` and mean what
+    they mean for ``httpx.AsyncHTTPTransport`` (``verify=``, ``cert=``,
+    ``limits=``, ``http2=``, ``proxy=``, ...); ``base=`` replaces it with any
+    transport of your own. Each layer can be configured or left out:
+
+    - ``retry``: a ``RetryPolicy``, ``True`` for the default one, ``False``
+      for none;
+    - ``idempotency_keys``: give every POST and PATCH an ``Idempotency-Key``
+      (only for servers that honour it), which makes them safe to retry;
+    - ``request_id_header``: the header of the request ID, ``None`` for none;
+    - ``tracing``: spans and metrics through OpenTelemetry; by default on
+      when ``opentelemetry-api`` is installed (it costs next to nothing
+      without an SDK).
+    """
+    if base is not None and transport_options:
+        raise TypeError(
+            f"{', '.join(sorted(transport_options))}: these options configure the built-in "
+            "base transport, which base= replaces; configure your own transport instead"
+        )
+    transport: httpx.AsyncBaseTransport
+    if base is not None:
+        transport = base
+    else:
+        transport_options.setdefault("limits", PRODUCTION_LIMITS)
+        transport = HTTPTransport(meter_provider=meter_provider, **transport_options)
+    if tracing is None:
+        tracing = _otel.OTEL_AVAILABLE
+    if tracing:
+        from ._tracing import TracingTransport
+
+        transport = TracingTransport(
+            transport, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+    if retry is not False:
+        policy = retry if isinstance(retry, RetryPolicy) else None
+        retry_options: dict[str, Any] = {"meter_provider": meter_provider}
+        if sleep is not None:
+            retry_options["sleep"] = sleep
+        transport = RetryTransport(transport, policy, **retry_options)
+    if idempotency_keys:
+        transport = IdempotencyKeyTransport(transport)
+    if request_id_header is not None:
+        transport = RequestIdTransport(transport, header=request_id_header)
+    return transport

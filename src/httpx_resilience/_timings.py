@@ -1,0 +1,239 @@
+"""Timings: how long each phase of one attempt took, read from httpcore's trace events."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from . import _otel, _semconv
+from ._network import TIMED_STREAM, TimedStream
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import Meter, MeterProvider
+
+Clock = Callable[[], float]
+TraceCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+SETUP_DURATION = "httpx_resilience.connection.setup.duration"
+CONNECTIONS_OPENED = "httpx_resilience.connection.opened"
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """How long each phase of one attempt took, in seconds: ``response.extensions["timings"]``.
+
+    >>> timings = response.extensions["timings"]  # doctest: +SKIP
+    >>> if not timings.connection_reused:  # doctest: +SKIP
+    ...     print(f"dns {timings.dns:.3f} connect {timings.connect:.3f} tls {timings.tls}")
+    >>> ttfb = timings.queue + timings.send + timings.wait  # doctest: +SKIP
+
+    ``dns``, ``connect`` and ``tls`` are ``None`` when the attempt did not
+    open a connection (``connection_reused``), when the host is an IP
+    address (no lookup) and, for ``tls``, over plain HTTP. ``total`` ends
+    when the response headers are in: reading the body is the caller's time.
+    """
+
+    dns: float | None
+    """Name lookup: the resolver call, or the DNS cache."""
+    connect: float | None
+    """TCP connect (every address tried, until one answers)."""
+    tls: float | None
+    """TLS handshake."""
+    queue: float
+    """Waiting for a connection or an HTTP/2 stream, setup not included."""
+    send: float
+    """Writing the request headers and body."""
+    wait: float
+    """From the end of the request to the response headers: time to first byte."""
+    total: float
+    """From the start of the attempt until the response headers were in."""
+    connection_reused: bool
+    """Whether the attempt ran on a connection that some earlier request opened."""
+
+
+class ConnectionMetrics:
+    """The per-connection instruments of one transport: setup time and connections opened."""
+
+    __slots__ = ("_opened", "_setup")
+
+    def __init__(self, meter: Meter) -> None:
+        self._setup = meter.create_histogram(
+            SETUP_DURATION,
+            unit="s",
+            description="Time to open a connection: DNS lookup, TCP connect and TLS handshake.",
+            explicit_bucket_boundaries_advisory=_otel.DURATION_BUCKETS,
+        )
+        self._opened = meter.create_counter(
+            CONNECTIONS_OPENED,
+            unit="{connection}",
+            description="Connections opened and ready to carry requests.",
+        )
+
+    @classmethod
+    def create(cls, meter_provider: MeterProvider | None = None) -> ConnectionMetrics | None:
+        """The instruments, or ``None`` when OpenTelemetry is not installed."""
+        meter = _otel.get_meter(meter_provider)
+        return None if meter is None else cls(meter)
+
+    def opened(self, url: httpx.URL, seconds: float) -> None:
+        attributes = _attributes(url)
+        self._setup.record(seconds, attributes)
+        self._opened.add(1, attributes)
+
+    def failed(self, url: httpx.URL, seconds: float, exc: object) -> None:
+        attributes = _attributes(url)
+        attributes[_semconv.ERROR_TYPE] = type(exc).__name__
+        self._setup.record(seconds, attributes)
+
+
+def _attributes(url: httpx.URL) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        _semconv.SERVER_ADDRESS: url.host,
+        "url.scheme": url.scheme,
+    }
+    port = _semconv.server_port(url)
+    if port is not None:
+        attributes[_semconv.SERVER_PORT] = port
+    return attributes
+
+
+# The trace events that mark a phase, by name. httpcore names an event
+# after its logger: "connection." for direct connections, "socks." for a
+# SOCKS proxy, "http11." or "http2." for the exchange.
+_CONNECT_STARTED = 1
+_CONNECTED = 2
+_SETUP_FAILED = 3
+_READY = 4
+_SEND = 5
+_WAIT = 6
+_HEADERS = 7
+_EVENTS = {
+    "http11.send_request_headers.started": _SEND,
+    "http2.send_request_headers.started": _SEND,
+    "http11.receive_response_headers.started": _WAIT,
+    "http2.receive_response_headers.started": _WAIT,
+    "http11.receive_response_headers.complete": _HEADERS,
+    "http2.receive_response_headers.complete": _HEADERS,
+    "connection.connect_tcp.started": _CONNECT_STARTED,
+    "connection.connect_unix_socket.started": _CONNECT_STARTED,
+    "socks.connect_tcp.started": _CONNECT_STARTED,
+    "connection.connect_tcp.complete": _CONNECTED,
+    "connection.connect_unix_socket.complete": _CONNECTED,
+    "socks.connect_tcp.complete": _CONNECTED,
+    "connection.connect_tcp.failed": _SETUP_FAILED,
+    "connection.connect_unix_socket.failed": _SETUP_FAILED,
+    "socks.connect_tcp.failed": _SETUP_FAILED,
+    "connection.start_tls.failed": _SETUP_FAILED,
+    "socks.start_tls.failed": _SETUP_FAILED,
+    # The HTTP/2 preface is the first thing written on a new connection.
+    "http2.send_connection_init.started": _READY,
+}
+
+
+class TimingsRecorder:
+    """httpcore's ``trace`` callback for one attempt; ``finish()`` gives its ``Timings``.
+
+    It forwards every event to the caller's own ``trace`` callback, if any.
+    Only the request that opens a connection sees the connection events; a
+    request without them ran on a connection that was already there.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_connect_start",
+        "_headers",
+        "_metrics",
+        "_request",
+        "_send",
+        "_start",
+        "_stream",
+        "_wait",
+        "chained",
+    )
+
+    def __init__(
+        self,
+        clock: Clock,
+        request: httpx.Request,
+        chained: TraceCallback | None,
+        metrics: ConnectionMetrics | None,
+    ) -> None:
+        self._clock = clock
+        self._request = request
+        self.chained = chained
+        self._metrics = metrics
+        self._stream: object = None
+        self._connect_start: float | None = None
+        self._send: float | None = None
+        self._wait: float | None = None
+        self._headers: float | None = None
+        self._start = clock()
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        event = _EVENTS.get(name)
+        if event is not None:
+            now = self._clock()
+            # The three events every request sees come first.
+            if event == _SEND:
+                self._send = now
+                if self._connect_start is not None:
+                    self._opened(now - self._connect_start)
+            elif event == _WAIT:
+                self._wait = now
+            elif event == _HEADERS:
+                self._headers = now
+            elif event == _CONNECT_STARTED:
+                self._connect_start = now
+            elif event == _CONNECTED:
+                stream = info.get("return_value")
+                self._stream = None if stream is None else stream.get_extra_info(TIMED_STREAM)
+            elif self._connect_start is None:
+                pass  # a connection this request did not open
+            elif event == _READY:
+                self._opened(now - self._connect_start)
+            else:  # _SETUP_FAILED
+                if self._metrics is not None:
+                    seconds = now - self._connect_start
+                    self._metrics.failed(self._request.url, seconds, info.get("exception"))
+                self._connect_start = None
+        if self.chained is not None:
+            await self.chained(name, info)
+
+    def _opened(self, seconds: float) -> None:
+        # The connection is about to carry its first bytes of HTTP: setup is over.
+        if self._metrics is not None:
+            self._metrics.opened(self._request.url, seconds)
+        self._connect_start = None
+
+    def finish(self, end: float) -> Timings:
+        """The attempt's ``Timings``, its response headers having arrived at ``end``."""
+        send = self._send if self._send is not None else end
+        wait = self._wait if self._wait is not None else end
+        headers = self._headers if self._headers is not None else end
+        stream = self._stream
+        dns: float | None
+        connect: float | None
+        tls: float | None
+        if isinstance(stream, TimedStream):
+            dns, connect, tls = stream.dns, stream.connect, stream.tls
+            setup = (dns or 0.0) + connect + (tls or 0.0)
+            reused = False
+        else:
+            dns = connect = tls = None
+            setup = 0.0
+            reused = stream is None
+        queue = send - self._start - setup
+        # Positional: a frozen dataclass is slow enough to build as it is.
+        return Timings(
+            dns,
+            connect,
+            tls,
+            queue if queue > 0.0 else 0.0,
+            wait - send,
+            headers - wait,
+            end - self._start,
+            reused,
+        )

@@ -1,0 +1,158 @@
+"""resilient_transport(): the recommended stack, against real servers."""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tenacity import wait_fixed
+
+from httpx_resilience import (
+    PRODUCTION_LIMITS,
+    RetryPolicy,
+    RetryTransport,
+    Timings,
+    resilient_transport,
+)
+
+from .fakes import FakeSleep, Script
+from .servers import Reply, ScriptedApp, ServerThread
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_stack_keeps_the_client_api_and_reports_every_layer(
+    servers: ServerThread, app: ScriptedApp, unique_path: str
+) -> None:
+    app.script(unique_path, [Reply(503), Reply(503), Reply(200, body=b"done")])
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    hooked: list[int] = []
+
+    async def hook(response: httpx.Response) -> None:
+        hooked.append(response.status_code)
+
+    transport = resilient_transport(
+        verify=servers.ssl_context,
+        retry=RetryPolicy(wait=wait_fixed(0.5)),
+        sleep=FakeSleep(),
+        tracer_provider=tracer_provider,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    async with (
+        httpx.AsyncClient(
+            transport=transport,
+            base_url=servers.tls_url,
+            headers={"X-Client": "tests"},
+            event_hooks={"response": [hook]},
+        ) as client,
+        client.stream("GET", unique_path) as response,
+    ):
+        body = await response.aread()
+    assert (response.status_code, body, response.http_version) == (200, b"done", "HTTP/2")
+    assert hooked == [200]
+    assert response.extensions["retry"].attempts == 3
+    assert isinstance(response.extensions["timings"], Timings)
+    received = app.received(unique_path)
+    assert len(received) == 3
+    assert {r.headers["x-client"] for r in received} == {"tests"}
+    # One request ID for the logical request, one span per attempt.
+    assert {r.headers["x-request-id"] for r in received} == {response.extensions["request_id"]}
+    assert len({r.headers["traceparent"] for r in received}) == 3
+    assert [
+        s.attributes.get("http.request.resend_count") for s in exporter.get_finished_spans()
+    ] == [
+        None,
+        1,
+        2,
+    ]
+
+
+async def test_layers_can_be_switched_off_or_configured(
+    servers: ServerThread, app: ScriptedApp, unique_path: str
+) -> None:
+    app.script(unique_path, [Reply(503), Reply(201)])
+    transport = resilient_transport(
+        verify=servers.ssl_context,
+        retry=False,
+        request_id_header=None,
+        tracing=False,
+    )
+    async with httpx.AsyncClient(transport=transport, base_url=servers.tls_url) as client:
+        response = await client.get(unique_path)
+    assert response.status_code == 503
+    assert "retry" not in response.extensions
+    assert "x-request-id" not in app.received(unique_path)[0].headers
+
+    app.script(unique_path, [Reply(503), Reply(201)])
+    keyed = resilient_transport(
+        verify=servers.ssl_context,
+        retry=RetryPolicy(wait=wait_fixed(0)),
+        idempotency_keys=True,
+        request_id_header="X-Correlation-ID",
+        sleep=FakeSleep(),
+    )
+    async with httpx.AsyncClient(transport=keyed, base_url=servers.tls_url) as client:
+        response = await client.post(unique_path, json={"amount": 1})
+    assert response.status_code == 201
+    retried = app.received(unique_path)[1:]
+    assert len(retried) == 2
+    assert len({r.headers["idempotency-key"] for r in retried}) == 1
+    assert len({r.headers["x-correlation-id"] for r in retried}) == 1
+
+
+async def test_any_transport_can_be_the_base() -> None:
+    script = Script([503, 200])
+    transport = resilient_transport(base=script.transport(), sleep=FakeSleep(), tracing=False)
+    async with httpx.AsyncClient(transport=transport) as client:
+        response = await client.get("https://api.example.com/")
+    assert response.status_code == 200
+    assert len({r.headers["x-request-id"] for r in script.requests}) == 1
+    with pytest.raises(TypeError, match="verify"):
+        resilient_transport(base=script.transport(), verify=False)
+    assert isinstance(
+        resilient_transport(base=script.transport(), request_id_header=None, tracing=False),
+        RetryTransport,
+    )
+
+
+async def test_http11_connections_are_bounded_and_kept_alive(
+    servers: ServerThread, app: ScriptedApp, unique_path: str
+) -> None:
+    """Two waves of 60 concurrent requests over HTTP/1.1 open at most 50 connections.
+
+    With httpx's default of 20 keep-alive connections, httpcore closes idle
+    connections while more than 20 are open, so each wave opens them anew.
+    """
+    assert PRODUCTION_LIMITS.max_connections == 50
+    app.script(unique_path, [Reply(200, delay=0.05)])
+    reader = InMemoryMetricReader()
+    transport = resilient_transport(
+        tracing=False, meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    async with httpx.AsyncClient(transport=transport, base_url=servers.http_url) as client:
+        for _ in range(2):
+            async with anyio.create_task_group() as tg:
+                for _ in range(60):
+                    tg.start_soon(client.get, unique_path)
+    assert len(app.received(unique_path)) == 120
+    opened = [
+        point.value
+        for metric in _metrics(reader)
+        if metric.name == "httpx_resilience.connection.opened"
+        for point in metric.data.data_points
+    ]
+    assert 1 <= sum(opened) <= 50
+
+
+def _metrics(reader: InMemoryMetricReader) -> list:  # type: ignore[type-arg]
+    data = reader.get_metrics_data()
+    assert data is not None
+    return [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
