@@ -33,7 +33,7 @@ class Pair:
         while True:
             outbound = self.client.data_to_send()
             if outbound:
-                self.watch.sent(outbound)
+                outbound = self.watch.sent(outbound)
                 # h2's server side cannot take frames after its own GOAWAY;
                 # a real server reads and ignores them.
                 if self.server.state_machine.state != h2.connection.ConnectionState.CLOSED:
@@ -157,3 +157,22 @@ def _response_frames(stream_id: int) -> bytes:
         + stream_id.to_bytes(4, "big")
         + body
     )
+
+
+def test_a_request_still_sending_its_body_is_refused_once_it_is_sent() -> None:
+    """Reset earlier, h2 would fail the body's remaining writes."""
+    pair = Pair()
+    s1 = pair.request()
+    s3 = pair.client.get_next_available_stream_id()
+    pair.client.send_headers(
+        s3, [(":method", "POST"), (":path", "/"), (":scheme", "https"), (":authority", "x")]
+    )
+    pair.flush()
+    pair.server.close_connection(last_stream_id=s1)
+    assert _refused(pair.flush()) == []
+    pair.client.send_data(s3, b"body", end_stream=True)
+    assert _refused(pair.flush()) == [s3]
+    events = pair.client.receive_data(pair.watch.received(_response_frames(s1)))
+    assert _ended(events) == [s1]
+    assert len(_terminated(events)) == 1
+    assert pair.state.refused == {s3}

@@ -28,7 +28,11 @@ from __future__ import annotations
 import ssl
 import struct
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 
+import h2.errors
+import h2.events
 import h2.exceptions
 import httpcore
 
@@ -45,36 +49,66 @@ def refused_stream_frame(stream_id: int) -> bytes:
     return _FRAME_HEADER.pack(0, 4, _RST_STREAM, 0, stream_id) + struct.pack(">L", _REFUSED_STREAM)
 
 
+@dataclass(frozen=True, slots=True)
+class AboveLastStream:
+    """Why a request failed: its stream was above the GOAWAY's ``last_stream_id``.
+
+    The server promised not to process such a stream (RFC 9113 §6.8), so the
+    request can be sent again on another connection, whatever its method.
+    """
+
+    stream_id: int
+    last_stream_id: int
+
+    def __str__(self) -> str:
+        return (
+            f"the server closed the HTTP/2 connection (GOAWAY, last stream "
+            f"{self.last_stream_id}) before processing stream {self.stream_id}"
+        )
+
+
 class GoawayState:
     """What one connection's guard has seen; shared with ``GuardedConnection``."""
 
-    __slots__ = ("draining", "last_stream_id")
+    __slots__ = ("draining", "last_stream_id", "refused")
 
     def __init__(self) -> None:
         #: ``last_stream_id`` of the lowest GOAWAY received, or None.
         self.last_stream_id: int | None = None
         #: The connection must take no new requests.
         self.draining = False
+        #: Streams answered with a local REFUSED_STREAM.
+        self.refused: set[int] = set()
+
+
+_KEEP, _HOLD, _DROP = 0, 1, 2
 
 
 class _Frames:
     """Follows the frame boundaries of one direction of an HTTP/2 connection."""
 
-    __slots__ = ("complete", "flags", "header", "held", "kind", "remaining", "stream_id")
+    __slots__ = ("complete", "flags", "header", "held", "kind", "mode", "remaining", "stream_id")
 
     def __init__(self) -> None:
         self.header = b""  # a frame header still arriving
         self.remaining = 0  # payload bytes of the current frame still to come
         self.kind = self.flags = self.stream_id = 0
-        self.held: bytearray | None = None  # the whole frame, when held back
+        self.mode = _KEEP  # what happens to the current frame's bytes
+        self.held = bytearray()  # the current frame, when held back
         self.complete = False  # the last byte of a frame was just consumed
 
     @property
     def at_boundary(self) -> bool:
         return not self.header and self.remaining == 0
 
-    def advance(self, view: memoryview, out: bytearray | None) -> memoryview:
-        """Consume bytes of the current frame, copying them to ``out`` unless held."""
+    def advance(
+        self, view: memoryview, out: bytearray, decide: Callable[[int, int], int]
+    ) -> memoryview:
+        """Consume bytes of the current frame into ``out``, or hold or drop them.
+
+        ``decide(kind, stream_id)`` picks, once per frame, ``_KEEP``,
+        ``_HOLD`` (kept in ``held``) or ``_DROP``.
+        """
         if self.remaining == 0:
             need = 9 - len(self.header)
             self.header += bytes(view[:need])
@@ -84,17 +118,18 @@ class _Frames:
             high, low, self.kind, self.flags, stream_id = _FRAME_HEADER.unpack(self.header)
             self.remaining = (high << 16) | low
             self.stream_id = stream_id & 0x7FFFFFFF
-            if out is not None and self.kind == _GOAWAY:
-                self.held = bytearray(self.header)
-            elif out is not None:
+            self.mode = decide(self.kind, self.stream_id)
+            if self.mode == _KEEP:
                 out += self.header
+            elif self.mode == _HOLD:
+                self.held = bytearray(self.header)
             self.header = b""
         take = view[: self.remaining]
         self.remaining -= len(take)
-        if self.held is not None:
-            self.held += take
-        elif out is not None:
+        if self.mode == _KEEP:
             out += take
+        elif self.mode == _HOLD:
+            self.held += take
         self.complete = self.remaining == 0
         return view[len(take) :]
 
@@ -109,23 +144,45 @@ class H2Watch:
         self._preface_left = len(PREFACE)
         #: Client streams opened and not yet ended.
         self._open: set[int] = set()
+        #: Open streams whose whole request h2 has sent (END_STREAM).
+        self._sent_all: set[int] = set()
+        #: Refused streams whose request h2 is still sending.
+        self._refuse_later: set[int] = set()
         self._held_goaway: bytes | None = None
         #: Frames for h2 at the next inbound frame boundary.
         self._inject = bytearray()
 
-    def sent(self, data: bytes) -> None:
-        """Look at bytes h2 is about to write."""
+    def sent(self, data: bytes) -> bytes:
+        """Bytes h2 is about to write -> the bytes to write.
+
+        Once the server has said GOAWAY, it ignores every stream above
+        ``last_stream_id``; their frames are not written at all, so a server
+        that has closed the connection cannot fail them with a write error.
+        """
         view = memoryview(data)
+        out = bytearray()
         if self._preface_left:
             skip = min(self._preface_left, len(view))
             self._preface_left -= skip
+            out += view[:skip]
             view = view[skip:]
         frames = self._out
         while view:
-            view = frames.advance(view, None)
+            view = frames.advance(view, out, self._route_sent)
             if frames.complete:
                 frames.complete = False
-                self._on_sent(frames.kind, frames.stream_id)
+                self._on_sent(frames.kind, frames.flags, frames.stream_id)
+        return bytes(out)
+
+    def _route_sent(self, kind: int, stream_id: int) -> int:
+        last = self.state.last_stream_id
+        if last is not None and stream_id > last:
+            return _DROP
+        return _KEEP
+
+    @staticmethod
+    def _route_received(kind: int, stream_id: int) -> int:
+        return _HOLD if kind == _GOAWAY else _KEEP
 
     def received(self, data: bytes) -> bytes:
         """Bytes read from the server -> the bytes h2 should see now."""
@@ -133,7 +190,7 @@ class H2Watch:
         view = memoryview(data)
         frames = self._in
         while view:
-            view = frames.advance(view, out)
+            view = frames.advance(view, out, self._route_received)
             if frames.complete:
                 frames.complete = False
                 self._on_received(frames)
@@ -150,23 +207,40 @@ class H2Watch:
         return out
 
     def eof(self) -> bytes:
-        """The server closed: release a held GOAWAY so h2 learns why."""
+        """The server closed: refuse what waits, release a held GOAWAY so h2 learns why."""
+        for stream_id in sorted(self._refuse_later):
+            self._inject += refused_stream_frame(stream_id)
+        self._refuse_later.clear()
         held, self._held_goaway = self._held_goaway, None
         return self.pending() + (held or b"")
 
-    def _on_sent(self, kind: int, stream_id: int) -> None:
-        if kind == _HEADERS and stream_id % 2 == 1 and stream_id not in self._open:
-            self._open.add(stream_id)
-            last = self.state.last_stream_id
-            if last is not None and stream_id > last:
-                self._refuse(stream_id)
-        elif kind == _RST_STREAM:
+    def _on_sent(self, kind: int, flags: int, stream_id: int) -> None:
+        if kind == _RST_STREAM:
+            self._refuse_later.discard(stream_id)
             self._end(stream_id)
+            return
+        ends = kind in (_DATA, _HEADERS) and bool(flags & _END_STREAM)
+        if kind == _HEADERS and stream_id % 2 == 1 and stream_id not in self._open:
+            if stream_id in self._refuse_later:
+                pass  # trailers of a stream already refused
+            else:
+                self._open.add(stream_id)
+                if ends:
+                    self._sent_all.add(stream_id)
+                last = self.state.last_stream_id
+                if last is not None and stream_id > last:
+                    self._refuse(stream_id)
+                return
+        if ends:
+            if stream_id in self._refuse_later:
+                self._refuse_later.discard(stream_id)
+                self._inject_refusal(stream_id)
+            elif stream_id in self._open:
+                self._sent_all.add(stream_id)
 
     def _on_received(self, frames: _Frames) -> None:
-        if frames.held is not None:
-            goaway, frames.held = bytes(frames.held), None
-            self._on_goaway(goaway)
+        if frames.mode == _HOLD:
+            self._on_goaway(bytes(frames.held))
         elif frames.kind == _RST_STREAM or (
             frames.kind in (_DATA, _HEADERS) and frames.flags & _END_STREAM
         ):
@@ -185,16 +259,33 @@ class H2Watch:
         self._maybe_release()
 
     def _refuse(self, stream_id: int) -> None:
+        """Answer a stream above ``last_stream_id`` with REFUSED_STREAM.
+
+        Only once h2 has sent all of its request: reset earlier, h2 would
+        fail httpcore still sending the body (StreamClosedError), leaving the
+        body's iterator unfinished.
+        """
         self._open.discard(stream_id)
+        self.state.refused.add(stream_id)
+        if stream_id in self._sent_all:
+            self._inject_refusal(stream_id)
+        else:
+            self._refuse_later.add(stream_id)
+
+    def _inject_refusal(self, stream_id: int) -> None:
+        self._sent_all.discard(stream_id)
         self._inject += refused_stream_frame(stream_id)
+        self._maybe_release()
 
     def _end(self, stream_id: int) -> None:
         self._open.discard(stream_id)
+        self._sent_all.discard(stream_id)
         self._maybe_release()
 
     def _maybe_release(self) -> None:
+        """Hand h2 the held GOAWAY once no stream can still be answered or refused."""
         last = self.state.last_stream_id
-        if self._held_goaway is None or last is None:
+        if self._held_goaway is None or last is None or self._refuse_later:
             return
         if not any(stream_id <= last for stream_id in self._open):
             self._inject += self._held_goaway
@@ -238,7 +329,9 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
             if buffer.startswith(PREFACE):
                 self._watch = H2Watch(self._state)
         if self._watch is not None:
-            self._watch.sent(buffer)
+            buffer = self._watch.sent(buffer)
+            if not buffer:
+                return
         await self._stream.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -307,12 +400,23 @@ class GuardedConnection(httpcore.AsyncConnectionInterface):
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         try:
             return await self._connection.handle_async_request(request)
-        except httpcore.LocalProtocolError as exc:
-            # h2 refused to open another stream: its count of open streams
-            # and httpcore's disagree (encode/httpcore#943). New requests go
-            # to a fresh connection instead.
-            if exc.args and isinstance(exc.args[0], h2.exceptions.TooManyStreamsError):
+        except httpcore.ProtocolError as exc:
+            detail = exc.args[0] if exc.args else None
+            if isinstance(detail, h2.exceptions.TooManyStreamsError):
+                # h2's count of open streams and httpcore's disagree
+                # (encode/httpcore#943): new requests go to a fresh connection.
                 self._state.draining = True
+            # A stream we refused after GOAWAY fails either with the reset we
+            # injected or, if httpcore was still sending its body, with h2's
+            # StreamClosedError: either way, say what really happened.
+            stream_id = getattr(detail, "stream_id", None)
+            last = self._state.last_stream_id
+            if (
+                isinstance(detail, (h2.events.StreamReset, h2.exceptions.StreamClosedError))
+                and stream_id in self._state.refused
+                and last is not None
+            ):
+                raise httpcore.RemoteProtocolError(AboveLastStream(stream_id, last)) from exc
             raise
 
     async def aclose(self) -> None:

@@ -259,6 +259,8 @@ class RetryTransport(Layer):
 
 
 _UNPROCESSED = {
+    "GOAWAY": "the server closed the HTTP/2 connection (GOAWAY) before processing the request, "
+    "every time it was sent; it did not process it",
     "REFUSED_STREAM": "the server refused the HTTP/2 stream (REFUSED_STREAM) every time; "
     "it did not process the request",
     "STREAM_LIMIT": "no HTTP/2 stream could be opened for the request; it was not sent",

@@ -16,6 +16,7 @@ from tenacity import Future, RetryCallState, stop_after_attempt, wait_exponentia
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
+from ._goaway import AboveLastStream
 from ._options import request_options
 
 #: Safe to repeat by RFC 9110 §9.2.2.
@@ -75,7 +76,7 @@ class RetryPolicy:
     idempotency_header: str = "Idempotency-Key"
     respect_retry_after: bool = True
     max_retry_after: float = 60.0
-    unprocessed_resends: int = 5
+    unprocessed_resends: int = 10
 
     def __post_init__(self) -> None:
         statuses = frozenset(self.statuses)
@@ -226,6 +227,8 @@ def is_retryable(
 def unprocessed_reason(exc: BaseException) -> str | None:
     """Why an HTTP/2 failure proves the server never processed the request.
 
+    ``"GOAWAY"``: the stream was above the ``last_stream_id`` of the
+    server's GOAWAY (``HTTPTransport`` reports these).
     ``"REFUSED_STREAM"``: the server reset the stream with REFUSED_STREAM,
     which RFC 9113 §8.7 says it does only for streams it did not process
     (also what our GOAWAY guard answers for streams above ``last_stream_id``).
@@ -245,6 +248,8 @@ def unprocessed_reason(exc: BaseException) -> str | None:
         # httpcore reports the GOAWAY that closed the connection; what h2
         # refused for this request is the exception it was handling.
         detail = cause.__context__
+    if isinstance(detail, AboveLastStream):
+        return "GOAWAY"
     if isinstance(detail, h2.events.StreamReset):
         refused = detail.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
         return "REFUSED_STREAM" if refused else None

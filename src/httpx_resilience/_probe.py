@@ -1,0 +1,287 @@
+"""``httpx-resilience get URL``: one request through the stack, and what happened to it."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from tenacity import stop_after_attempt
+
+from ._network import Resolver
+from ._retry import RetryEvent, RetryHistory, Sleep
+from ._retry_policy import RetryPolicy
+from ._stack import resilient_transport
+from ._timings import Timings
+
+#: Exit codes of ``get``.
+EXIT_OK = 0
+EXIT_HTTP_ERROR = 1  # a response with status >= 400
+EXIT_USAGE = 2  # the command line or the URL is wrong (argparse uses 2 too)
+EXIT_FAILED = 3  # no response: DNS, refused, TLS, timeout, protocol error
+
+
+class ProbeError(Exception):
+    """A request that failed, in one line: ``kind`` is a short word for scripts."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_USAGE if self.kind in ("url", "usage") else EXIT_FAILED
+
+
+@dataclass(frozen=True)
+class ProbeOptions:
+    """What ``get`` was asked to do."""
+
+    url: str
+    http1: bool = False
+    retries: int = 2
+    timeout: float = 10.0
+    headers: tuple[tuple[str, str], ...] = ()
+    insecure: bool = False
+    cacert: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One response, as ``get`` reports it."""
+
+    url: str
+    status: int
+    reason: str
+    http_version: str
+    history: RetryHistory
+    request_id: str | None
+    timings: Timings | None
+    body_bytes: int
+    content_type: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "status": self.status,
+            "reason": self.reason,
+            "http_version": self.http_version,
+            "attempts": self.history.attempts,
+            "retries": [dataclasses.asdict(event) for event in self.history.events],
+            "request_id": self.request_id,
+            "timings": None if self.timings is None else dataclasses.asdict(self.timings),
+            "body_bytes": self.body_bytes,
+            "content_type": self.content_type,
+        }
+
+
+def parse_header(value: str) -> tuple[str, str]:
+    """``"Name: value"`` as a pair; ``ValueError`` when it is not a header."""
+    name, colon, rest = value.partition(":")
+    name = name.strip()
+    if not colon or not name or any(c.isspace() for c in name):
+        raise ValueError(f"not a header: {value!r} (expected 'Name: value')")
+    return name, rest.strip()
+
+
+def check_url(url: str) -> httpx.URL:
+    """The URL, if ``get`` can send to it; else ``ProbeError("url", ...)``."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ProbeError("url", f"invalid URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https"):
+        given = f"'{parsed.scheme}://'" if parsed.scheme else "none"
+        raise ProbeError("url", f"invalid URL {url!r}: the scheme must be http or https, not {given}")
+    if not parsed.host:
+        raise ProbeError("url", f"invalid URL {url!r}: no host name")
+    return parsed
+
+
+def _verify(options: ProbeOptions) -> ssl.SSLContext | bool:
+    if options.insecure:
+        return False
+    if options.cacert is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=options.cacert)
+    except (OSError, ssl.SSLError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ProbeError("usage", f"cannot use --cacert {options.cacert}: {reason}") from None
+
+
+async def probe(
+    options: ProbeOptions,
+    *,
+    resolver: Resolver | None = None,
+    sleep: Sleep | None = None,
+) -> ProbeResult:
+    """Send one GET through ``resilient_transport()``; raise ``ProbeError`` if no response came.
+
+    ``resolver`` and ``sleep`` replace the system's name lookup and the wait
+    between attempts (tests pass fakes).
+    """
+    url = check_url(options.url)
+    transport_options: dict[str, Any] = {
+        "verify": _verify(options),
+        "http2": not options.http1,
+        "retry": RetryPolicy(stop=stop_after_attempt(options.retries + 1)),
+    }
+    if resolver is not None:
+        transport_options["resolver"] = resolver
+    if sleep is not None:
+        transport_options["sleep"] = sleep
+    transport = resilient_transport(**transport_options)
+    async with httpx.AsyncClient(transport=transport, timeout=options.timeout) as client:
+        try:
+            response = await client.get(url, headers=list(options.headers))
+        except httpx.HTTPError as exc:
+            raise describe_error(exc, url, options.timeout) from exc
+    extensions: Mapping[str, Any] = response.extensions
+    version = response.http_version
+    return ProbeResult(
+        url=str(url),
+        status=response.status_code,
+        reason=response.reason_phrase,
+        http_version=version,
+        history=extensions.get("retry", RetryHistory(attempts=1)),
+        request_id=extensions.get("request_id"),
+        timings=extensions.get("timings"),
+        body_bytes=len(response.content),
+        content_type=response.headers.get("content-type"),
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, innermost last (``__cause__`` first, then ``__context__``)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> Any:
+    return next((e for e in _chain(exc) if isinstance(e, kind)), None)
+
+
+def _gave_up(exc: BaseException) -> str:
+    """`` (3 attempts)`` when the retry layer gave up after more than one."""
+    for note in getattr(exc, "__notes__", ()):
+        if note.startswith("httpx-resilience: gave up after "):
+            attempts = note.removeprefix("httpx-resilience: gave up after ").split(" ")[0]
+            return f" ({attempts} attempts)"
+    return ""
+
+
+def describe_error(exc: httpx.HTTPError, url: httpx.URL, timeout: float) -> ProbeError:
+    """The one line a user needs to see for a failed request."""
+    host = url.host
+    where = f"{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+    tries = _gave_up(exc)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return ProbeError("url", f"invalid URL {str(url)!r}: {exc}")
+    if isinstance(exc, httpx.TimeoutException):
+        phase = {
+            httpx.ConnectTimeout: "connecting to",
+            httpx.ReadTimeout: "waiting for the response of",
+            httpx.WriteTimeout: "sending the request to",
+            httpx.PoolTimeout: "waiting for a free connection to",
+        }.get(type(exc), "talking to")
+        return ProbeError("timeout", f"timed out {phase} {where} after {timeout:g} s{tries}")
+    gaierror = _find(exc, socket.gaierror)
+    if gaierror is not None:
+        reason = gaierror.strerror or str(gaierror)
+        return ProbeError("dns", f"cannot resolve host {host!r}: {reason}{tries}")
+    cert_error = _find(exc, ssl.SSLCertVerificationError)
+    if cert_error is not None:
+        reason = cert_error.verify_message or cert_error.reason or str(cert_error)
+        return ProbeError(
+            "tls",
+            f"TLS certificate of {where} not trusted: {reason}{tries}; "
+            "pass --cacert FILE (or --insecure)",
+        )
+    tls_error = _find(exc, ssl.SSLError)
+    if tls_error is not None:
+        reason = tls_error.reason or str(tls_error)
+        return ProbeError("tls", f"TLS handshake with {where} failed: {reason}{tries}")
+    if _find(exc, ConnectionRefusedError) is not None:
+        return ProbeError("refused", f"connection refused by {where}: nothing listens there{tries}")
+    if isinstance(exc, httpx.ConnectError):
+        return ProbeError("connect", f"cannot connect to {where}: {exc or type(exc).__name__}{tries}")
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        reset = _find(exc, ConnectionResetError) is not None or not str(exc)
+        what = "the connection was reset" if reset else str(exc)
+        return ProbeError("network", f"{where}: {what} ({type(exc).__name__}){tries}")
+    if isinstance(exc, httpx.ProtocolError):
+        return ProbeError("protocol", f"{where}: {exc} ({type(exc).__name__}){tries}")
+    return ProbeError("error", f"{where}: {type(exc).__name__}: {exc}{tries}")
+
+
+# -- output ------------------------------------------------------------------
+
+
+def ms(seconds: float | None) -> str:
+    """Milliseconds with one decimal, ``-`` for a phase that did not happen."""
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def format_timings(timings: Timings) -> str:
+    phases = (
+        ("dns", timings.dns),
+        ("connect", timings.connect),
+        ("tls", timings.tls),
+        ("queue", timings.queue),
+        ("send", timings.send),
+        ("wait", timings.wait),
+        ("total", timings.total),
+    )
+    text = "  ".join(f"{name} {ms(value)}" for name, value in phases)
+    return text + ("  (reused connection)" if timings.connection_reused else "  (new connection)")
+
+
+def format_retry(event: RetryEvent) -> str:
+    if event.unprocessed:
+        return f"{event.reason} (never processed: re-sent at once)"
+    return f"{event.reason} (waited {event.wait:.2f} s)"
+
+
+def format_attempts(history: RetryHistory, status: int) -> str:
+    if not history.events:
+        return "1 (no retries)" if history.attempts == 1 else str(history.attempts)
+    steps = ", ".join(format_retry(event) for event in history.events)
+    return f"{history.attempts}: {steps}, then {status}"
+
+
+def format_result(result: ProbeResult) -> list[str]:
+    rows: list[tuple[str, str]] = [
+        ("status", f"{result.status} {result.reason}".rstrip()),
+        ("http", result.http_version),
+        ("attempts", format_attempts(result.history, result.status)),
+        ("request id", result.request_id or "-"),
+        ("timings", "-" if result.timings is None else format_timings(result.timings)),
+        ("body", f"{result.body_bytes} bytes" + _content_type(result.content_type)),
+    ]
+    return [f"GET {result.url}"] + [f"  {name:<11}{value}" for name, value in rows]
+
+
+def _content_type(value: str | None) -> str:
+    return "" if not value else f", {value}"
+
+
+def exit_code(result: ProbeResult) -> int:
+    return EXIT_HTTP_ERROR if result.status >= 400 else EXIT_OK
+
+
+def error_json(options: ProbeOptions, error: ProbeError) -> dict[str, Any]:
+    return {"url": options.url, "error": {"kind": error.kind, "message": error.message}}
+
+
+def headers_from(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    return tuple(parse_header(value) for value in values)
