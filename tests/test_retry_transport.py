@@ -243,8 +243,8 @@ async def test_unprocessed_resends_are_capped_then_follow_the_policy() -> None:
     async with _client(script, sleep) as client:
         with pytest.raises(httpx.LocalProtocolError) as caught:
             await client.post(URL, json={})
-    # 1 + 5 at once, then 2 more policy attempts after a backoff each.
-    assert len(script.requests) == 8
+    # 1 + 10 at once, then 2 more policy attempts after a backoff each.
+    assert len(script.requests) == 13
     assert sleep.calls == [1.0, 2.0]
     message = str(caught.value)
     assert "ConnectionInputs" not in message

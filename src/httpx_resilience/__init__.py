@@ -5,12 +5,13 @@
 >>> client = httpx.AsyncClient(transport=RetryTransport(httpx.AsyncHTTPTransport(http2=True)))
 """
 
+from ._budget import RetryBudget
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
 from ._network import DNSCache, Resolver, TimedNetworkBackend, default_resolver
 from ._redact import SENSITIVE_QUERY_PARAMETERS
 from ._request_id import RequestIdTransport, current_request_id, new_request_id, request_id
-from ._retry import RetryEvent, RetryHistory, RetryTransport
+from ._retry import DeadlineExceeded, RetryEvent, RetryHistory, RetryTransport
 from ._retry_policy import (
     DEFAULT_RETRY_EXCEPTIONS,
     DEFAULT_RETRY_STATUSES,
@@ -35,11 +36,13 @@ __all__ = [
     "PRODUCTION_LIMITS",
     "SENSITIVE_QUERY_PARAMETERS",
     "DNSCache",
+    "DeadlineExceeded",
     "HTTPTransport",
     "IdempotencyKeyTransport",
     "Layer",
     "RequestIdTransport",
     "Resolver",
+    "RetryBudget",
     "RetryEvent",
     "RetryHistory",
     "RetryPolicy",

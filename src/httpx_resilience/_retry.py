@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -13,6 +13,7 @@ import httpx
 from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
+from ._budget import BUDGET_EXTENSION, BudgetBook, Origin, RetryBudget, origin_of
 from ._layer import Layer
 from ._options import request_options
 from ._request_id import REQUEST_ID
@@ -118,6 +119,8 @@ class RetryTransport(Layer):
         # Tenacity strategies receive a RetryCallState, which names its
         # Retrying object; none of our loop runs inside it.
         self._retrying = AsyncRetrying(sleep=sleep)
+        # Token buckets per budget configuration, then per origin.
+        self._books: dict[RetryBudget, BudgetBook] = {}
         meter = _otel.get_meter(meter_provider)
         self._retries = (
             None
@@ -134,13 +137,18 @@ class RetryTransport(Layer):
         return self._policy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        policy = self._policy_for(request)
+        options = request_options(request)
+        policy = self._policy_for(options)
+        deadline = options.get("deadline", None if policy is None else policy.deadline)
+        if deadline is not None:
+            return await self._within_deadline(request, policy, _check_deadline(deadline))
         # Decided before the first attempt: a transport may swap in a
         # replayable copy of a body it has consumed (MockTransport does).
         if policy is None or not is_replayable(request):
             response = await self._transport.handle_async_request(request)
             response.extensions["retry"] = _FIRST_TRY
             return response
+        budget = self._lend_budget(request, policy)
         start = self._clock()
         # The first attempt stays out of Tenacity's machinery: most requests
         # never need a second one.
@@ -149,14 +157,42 @@ class RetryTransport(Layer):
         except Exception as exc:
             if retry_reason(request, exc, policy) is None:
                 raise
-            return await self._retry(request, policy, exc, start)
+            return await self._retry(request, policy, exc, start, budget, None)
         if response.status_code in cast(frozenset[int], policy.statuses):
-            return await self._retry(request, policy, response, start)
+            return await self._retry(request, policy, response, start, budget, None)
         response.extensions["retry"] = _FIRST_TRY
         return response
 
-    def _policy_for(self, request: httpx.Request) -> RetryPolicy | None:
-        option = request_options(request).get("retry", True)
+    async def _within_deadline(
+        self, request: httpx.Request, policy: RetryPolicy | None, deadline: float
+    ) -> httpx.Response:
+        """The same, with every attempt and wait inside one time budget."""
+        start = self._clock()
+        limit = _Deadline(deadline, start + deadline, request.extensions.get("timeout"))
+        if policy is None or not is_replayable(request):
+            return self._deliver(await self._send(request, limit, policy), _FIRST_TRY, limit)
+        budget = self._lend_budget(request, policy)
+        outcome = await self._send(request, limit, policy)
+        if retry_reason(request, outcome, policy) is not None:
+            return await self._retry(request, policy, outcome, start, budget, limit)
+        return self._deliver(outcome, _FIRST_TRY, limit)
+
+    def _lend_budget(self, request: httpx.Request, policy: RetryPolicy) -> _Budget | None:
+        """Count the request in its origin's retry budget, and lend the budget inward."""
+        if policy.budget is None:
+            return None
+        book = self._books.get(policy.budget)
+        if book is None:
+            book = self._books[policy.budget] = BudgetBook(policy.budget, clock=self._clock)
+        origin = origin_of(request.url)
+        book.deposit(origin)
+        budget = (book, origin)
+        # Hedging, inside this layer, draws on the same tokens.
+        request.extensions[BUDGET_EXTENSION] = budget
+        return budget
+
+    def _policy_for(self, options: Mapping[str, Any]) -> RetryPolicy | None:
+        option = options.get("retry", True)
         if option is True:
             return self._policy
         if option is False:
@@ -171,6 +207,8 @@ class RetryTransport(Layer):
         policy: RetryPolicy,
         outcome: httpx.Response | Exception,
         start: float,
+        budget: _Budget | None,
+        limit: _Deadline | None,
     ) -> httpx.Response:
         state = RetryCallState(self._retrying, None, (), {})
         state.start_time = start
@@ -191,17 +229,23 @@ class RetryTransport(Layer):
                 unprocessed_left -= 1
                 events.append(RetryEvent(state.attempt_number, reason, 0.0, unprocessed=True))
                 self._report(request, state.attempt_number, reason, 0.0)
-                outcome = await self._send(request)
+                outcome = await self._send(request, limit, policy)
                 sends += 1
                 continue
-            _record(state, outcome, self._clock())
+            now = self._clock()
+            _record(state, outcome, now)
             retry_after = None
             if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
                 header = outcome.headers.get("Retry-After")
                 if header is not None:
                     retry_after = parse_retry_after(header, self._wall_clock())
             wait = policy.next_wait(state, retry_after)
-            if wait is None:
+            if wait is None or (limit is not None and now + wait >= limit.at):
+                break
+            if budget is not None and not budget[0].withdraw(
+                budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
+            ):
+                _log_budget_spent(request, reason)
                 break
             events.append(RetryEvent(state.attempt_number, reason, wait))
             self._report(request, state.attempt_number, reason, wait)
@@ -210,9 +254,15 @@ class RetryTransport(Layer):
             await self._sleep(wait)
             state.idle_for += wait
             state.prepare_for_next_attempt()
-            outcome = await self._send(request)
+            outcome = await self._send(request, limit, policy)
             sends += 1
-        history = RetryHistory(sends, tuple(events))
+        return self._deliver(outcome, RetryHistory(sends, tuple(events)), limit)
+
+    @staticmethod
+    def _deliver(
+        outcome: httpx.Response | Exception, history: RetryHistory, limit: _Deadline | None
+    ) -> httpx.Response:
+        """The response to return, or the exception to raise, after the last attempt."""
         if isinstance(outcome, httpx.Response):
             outcome.extensions["retry"] = history
             return outcome
@@ -220,14 +270,34 @@ class RetryTransport(Layer):
         if unprocessed is not None:
             # Say what happened in words, not in h2's state-machine terms.
             raise type(outcome)(_UNPROCESSED[unprocessed]) from outcome
-        if events:
+        if (
+            limit is not None
+            and isinstance(outcome, httpx.TimeoutException)
+            and not isinstance(outcome, DeadlineExceeded)
+            and limit.passed()
+        ):
+            raise limit.exceeded(history.attempts) from outcome
+        if history.events:
             _add_note(outcome, history)
         raise outcome
 
-    async def _send(self, request: httpx.Request) -> httpx.Response | Exception:
+    async def _send(
+        self, request: httpx.Request, limit: _Deadline | None, policy: RetryPolicy | None
+    ) -> httpx.Response | Exception:
+        if limit is not None:
+            left = limit.at - self._clock()
+            if left <= 0:
+                return limit.exceeded(0)
+            # Each attempt gets what is left of the deadline, at most.
+            request.extensions["timeout"] = limit.cut(left)
+            header = None if policy is None else policy.deadline_header
+            if header is not None:
+                request.headers[header] = f"{left:.3f}"
         try:
             return await self._transport.handle_async_request(request)
         except Exception as exc:
+            if limit is not None:
+                limit.ended_at = self._clock()
             return exc
 
     def _report(self, request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
@@ -256,6 +326,66 @@ class RetryTransport(Layer):
                     "httpx_resilience.retry.wait": wait,
                 },
             )
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """The request's deadline ran out: all attempts and waits took too long.
+
+    A subclass of ``httpx.TimeoutException``, so ``except httpx.TimeoutException``
+    (and ``except httpx.TransportError``) still catches it.
+    """
+
+
+_Budget = tuple[BudgetBook, Origin]
+
+_TIMEOUTS = ("connect", "read", "write", "pool")
+
+
+class _Deadline:
+    """One request's deadline, across its attempts."""
+
+    __slots__ = ("at", "ended_at", "seconds", "timeouts")
+
+    def __init__(self, seconds: float, at: float, timeouts: Mapping[str, float | None] | None):
+        self.seconds = seconds
+        self.at = at
+        self.timeouts = timeouts or {}
+        self.ended_at: float | None = None
+
+    def cut(self, left: float) -> dict[str, float]:
+        """The caller's httpx timeouts, none longer than what is left."""
+        cut = {}
+        for name in _TIMEOUTS:
+            timeout = self.timeouts.get(name)
+            cut[name] = left if timeout is None or timeout > left else timeout
+        return cut
+
+    def passed(self) -> bool:
+        """Whether the last attempt failed at the deadline (so its timeout was ours)."""
+        return self.ended_at is not None and self.ended_at >= self.at - 0.001
+
+    def exceeded(self, attempts: int) -> DeadlineExceeded:
+        tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+        return DeadlineExceeded(f"the request's deadline of {self.seconds:g} s ran out{tried}")
+
+
+def _check_deadline(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"a deadline must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def _log_budget_spent(request: httpx.Request, reason: str) -> None:
+    if logger.isEnabledFor(logging.INFO):
+        url = request.url.copy_with(username=None, password=None, query=None, fragment=None)
+        logger.info(
+            "not retrying %s %s after %s: the retry budget of %s is spent",
+            request.method,
+            url,
+            reason,
+            url.host,
+            extra={"http_method": request.method, "url": str(url), "reason": reason},
+        )
 
 
 _UNPROCESSED = {

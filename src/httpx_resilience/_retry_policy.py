@@ -16,6 +16,7 @@ from tenacity import Future, RetryCallState, stop_after_attempt, wait_exponentia
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
+from ._budget import RetryBudget
 from ._goaway import AboveLastStream
 from ._options import request_options
 
@@ -77,6 +78,9 @@ class RetryPolicy:
     respect_retry_after: bool = True
     max_retry_after: float = 60.0
     unprocessed_resends: int = 10
+    budget: RetryBudget | None = field(default_factory=RetryBudget)
+    deadline: float | None = None
+    deadline_header: str | None = None
 
     def __post_init__(self) -> None:
         statuses = frozenset(self.statuses)
@@ -94,6 +98,12 @@ class RetryPolicy:
             raise ValueError(f"max_retry_after must be >= 0 seconds, got {self.max_retry_after}")
         if self.unprocessed_resends < 0:
             raise ValueError(f"unprocessed_resends must be >= 0, got {self.unprocessed_resends}")
+        if self.deadline is not None and not self.deadline > 0:
+            raise ValueError(f"deadline must be > 0 seconds, got {self.deadline}")
+        if self.budget is not None and not isinstance(self.budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget or None, got {self.budget!r}")
+        if self.deadline_header == "":
+            raise ValueError("deadline_header must be a header name or None")
         if not self.idempotency_header:
             raise ValueError("idempotency_header must be a header name")
         _check_stop(self.stop)
