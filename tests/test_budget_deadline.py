@@ -79,7 +79,7 @@ def test_budget_book_refills_over_time_and_charges_timeouts_more() -> None:
     assert book.tokens(origin) == 2  # never above max_tokens
 
 
-def test_budget_book_forgets_the_least_recently_used_origin() -> None:
+def test_budget_book_forgets_the_oldest_origin() -> None:
     book = BudgetBook(RetryBudget(min_per_second=0), size=2)
     for host in ("a", "b", "c"):
         book.withdraw(("https", host, None))

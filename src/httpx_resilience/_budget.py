@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
-#: ``request.extensions`` key under which RetryTransport lends its budget to
-#: the layers inside it (hedging draws from the same tokens).
+#: ``request.extensions`` key under which RetryTransport lends its
+#: ``BudgetBook`` to the layers inside it (hedging draws from the same tokens).
 BUDGET_EXTENSION = "httpx_resilience.budget"
 
 Origin = tuple[str, str, int | None]
@@ -64,7 +63,7 @@ class _Bucket:
 
 
 class BudgetBook:
-    """The token buckets of one transport, per origin, least recently used first out."""
+    """The token buckets of one transport, per origin; the oldest origin goes first."""
 
     def __init__(
         self, budget: RetryBudget, *, clock: Callable[[], float] = time.monotonic, size: int = 1024
@@ -72,32 +71,23 @@ class BudgetBook:
         self.budget = budget
         self._clock = clock
         self._size = size
-        self._buckets: OrderedDict[Origin, _Bucket] = OrderedDict()
-
-    def _bucket(self, origin: Origin) -> _Bucket:
-        now = self._clock()
-        bucket = self._buckets.get(origin)
-        budget = self.budget
-        if bucket is None:
-            bucket = self._buckets[origin] = _Bucket(budget.max_tokens, now)
-            if len(self._buckets) > self._size:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(origin)
-            if budget.min_per_second and now > bucket.updated:
-                refill = (now - bucket.updated) * budget.min_per_second
-                bucket.tokens = min(budget.max_tokens, bucket.tokens + refill)
-            bucket.updated = now
-        return bucket
+        self._buckets: dict[Origin, _Bucket] = {}
 
     def deposit(self, origin: Origin) -> None:
-        """A new request to ``origin``: it earns the origin ``ratio`` tokens."""
-        bucket = self._bucket(origin)
-        bucket.tokens = min(self.budget.max_tokens, bucket.tokens + self.budget.ratio)
+        """A new request to ``origin``: it earns the origin ``ratio`` tokens.
+
+        Called for every request, so it reads no clock: the time-based
+        refill is settled when tokens are taken.
+        """
+        bucket = self._buckets.get(origin)
+        if bucket is None:
+            bucket = self._new(origin)
+        tokens = bucket.tokens + self.budget.ratio
+        bucket.tokens = tokens if tokens < self.budget.max_tokens else self.budget.max_tokens
 
     def withdraw(self, origin: Origin, *, timeout: bool = False) -> bool:
         """Take the tokens for one retry or hedge; ``False`` when there are too few."""
-        bucket = self._bucket(origin)
+        bucket = self._refilled(origin)
         cost = self.budget.timeout_cost if timeout else 1.0
         if bucket.tokens < cost:
             return False
@@ -106,4 +96,22 @@ class BudgetBook:
 
     def tokens(self, origin: Origin) -> float:
         """Tokens left for ``origin`` (a full bucket for one never seen)."""
-        return self._bucket(origin).tokens
+        return self._refilled(origin).tokens
+
+    def _new(self, origin: Origin) -> _Bucket:
+        if len(self._buckets) >= self._size:
+            del self._buckets[next(iter(self._buckets))]
+        bucket = self._buckets[origin] = _Bucket(self.budget.max_tokens, self._clock())
+        return bucket
+
+    def _refilled(self, origin: Origin) -> _Bucket:
+        bucket = self._buckets.get(origin)
+        if bucket is None:
+            return self._new(origin)
+        now = self._clock()
+        budget = self.budget
+        if budget.min_per_second and now > bucket.updated:
+            refill = (now - bucket.updated) * budget.min_per_second
+            bucket.tokens = min(budget.max_tokens, bucket.tokens + refill)
+        bucket.updated = now
+        return bucket

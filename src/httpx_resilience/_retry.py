@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
@@ -158,7 +158,7 @@ class RetryTransport(Layer):
             if retry_reason(request, exc, policy) is None:
                 raise
             return await self._retry(request, policy, exc, start, budget, None)
-        if response.status_code in cast(frozenset[int], policy.statuses):
+        if response.status_code in policy.statuses:
             return await self._retry(request, policy, response, start, budget, None)
         response.extensions["retry"] = _FIRST_TRY
         return response
@@ -186,10 +186,9 @@ class RetryTransport(Layer):
             book = self._books[policy.budget] = BudgetBook(policy.budget, clock=self._clock)
         origin = origin_of(request.url)
         book.deposit(origin)
-        budget = (book, origin)
         # Hedging, inside this layer, draws on the same tokens.
-        request.extensions[BUDGET_EXTENSION] = budget
-        return budget
+        request.extensions[BUDGET_EXTENSION] = book
+        return book, origin
 
     def _policy_for(self, options: Mapping[str, Any]) -> RetryPolicy | None:
         option = options.get("retry", True)

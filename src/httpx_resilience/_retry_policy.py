@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -71,9 +71,9 @@ class RetryPolicy:
     wait: WaitBaseT = field(
         default_factory=lambda: wait_exponential_jitter(multiplier=0.5, max=10, jitter=0.5)
     )
-    statuses: Iterable[int] = DEFAULT_RETRY_STATUSES
+    statuses: Collection[int] = DEFAULT_RETRY_STATUSES
     exceptions: Iterable[type[Exception]] = DEFAULT_RETRY_EXCEPTIONS
-    idempotent_methods: Iterable[str] = IDEMPOTENT_METHODS
+    idempotent_methods: Collection[str] = IDEMPOTENT_METHODS
     idempotency_header: str = "Idempotency-Key"
     respect_retry_after: bool = True
     max_retry_after: float = 60.0
@@ -174,8 +174,7 @@ def is_idempotent(request: httpx.Request, policy: RetryPolicy) -> bool:
             raise TypeError(f'the "idempotent" option must be True or False, got {flag!r}')
         return flag
     return (
-        request.method in cast(frozenset[str], policy.idempotent_methods)
-        or policy.idempotency_header in request.headers
+        request.method in policy.idempotent_methods or policy.idempotency_header in request.headers
     )
 
 
@@ -201,7 +200,7 @@ def retry_reason(
     processed, which is safe to re-send whatever the method.
     """
     if isinstance(outcome, httpx.Response):
-        if outcome.status_code not in cast(frozenset[int], policy.statuses):
+        if outcome.status_code not in policy.statuses:
             return None
         reason = str(outcome.status_code)
         safe = is_idempotent(request, policy)
