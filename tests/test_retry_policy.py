@@ -26,7 +26,7 @@ from httpx_resilience import (
     parse_retry_after,
     retry_reason,
 )
-from httpx_resilience._retry_policy import unprocessed_reason
+from httpx_resilience._goaway import unprocessed_reason
 
 URL = "https://api.example.com/things"
 POLICY = RetryPolicy()

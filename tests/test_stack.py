@@ -14,6 +14,12 @@ from tenacity import wait_fixed
 
 from httpx_resilience import (
     PRODUCTION_LIMITS,
+    CircuitBreakerPolicy,
+    CircuitBreakerTransport,
+    HedgingTransport,
+    IdempotencyKeyTransport,
+    Layer,
+    RequestIdTransport,
     RetryPolicy,
     RetryTransport,
     Timings,
@@ -156,3 +162,36 @@ def _metrics(reader: InMemoryMetricReader) -> list:  # type: ignore[type-arg]
     data = reader.get_metrics_data()
     assert data is not None
     return [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
+
+
+def test_breaker_and_hedging_are_opt_in_and_sit_inside_retry() -> None:
+    base = Script([200]).transport()
+    assert _chain(resilient_transport(base=base, tracing=False)) == [
+        RequestIdTransport,
+        RetryTransport,
+        httpx.MockTransport,
+    ]
+    stack = resilient_transport(
+        base=base,
+        tracing=False,
+        circuit_breaker=CircuitBreakerPolicy(min_calls=5),
+        hedging=True,
+        idempotency_keys=True,
+    )
+    assert _chain(stack) == [
+        RequestIdTransport,
+        IdempotencyKeyTransport,
+        RetryTransport,
+        CircuitBreakerTransport,
+        HedgingTransport,
+        httpx.MockTransport,
+    ]
+
+
+def _chain(transport: httpx.AsyncBaseTransport) -> list[type]:
+    layers: list[type] = []
+    while True:
+        layers.append(type(transport))
+        if not isinstance(transport, Layer):
+            return layers
+        transport = transport.transport

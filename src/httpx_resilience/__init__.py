@@ -5,7 +5,15 @@
 >>> client = httpx.AsyncClient(transport=RetryTransport(httpx.AsyncHTTPTransport(http2=True)))
 """
 
+from ._breaker import (
+    CircuitBreakerPolicy,
+    CircuitBreakerTransport,
+    CircuitOpenError,
+    CircuitSnapshot,
+    CircuitState,
+)
 from ._budget import RetryBudget
+from ._hedging import HedgeHistory, HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
 from ._network import DNSCache, Resolver, TimedNetworkBackend, default_resolver
@@ -35,9 +43,17 @@ __all__ = [
     "IDEMPOTENT_METHODS",
     "PRODUCTION_LIMITS",
     "SENSITIVE_QUERY_PARAMETERS",
+    "CircuitBreakerPolicy",
+    "CircuitBreakerTransport",
+    "CircuitOpenError",
+    "CircuitSnapshot",
+    "CircuitState",
     "DNSCache",
     "DeadlineExceeded",
     "HTTPTransport",
+    "HedgeHistory",
+    "HedgingPolicy",
+    "HedgingTransport",
     "IdempotencyKeyTransport",
     "Layer",
     "RequestIdTransport",

@@ -13,6 +13,7 @@ import httpx
 
 from . import _otel
 from ._budget import Origin, origin_of
+from ._goaway import unprocessed_reason
 from ._layer import Layer
 from ._semconv import _DEFAULT_PORTS, SERVER_ADDRESS, SERVER_PORT
 
@@ -38,12 +39,18 @@ DEFAULT_FAILURE_EXCEPTIONS: tuple[type[Exception], ...] = (
 TRANSITIONS_METRIC = "http.client.circuit_breaker.transitions"
 #: Counter of requests failed fast by an open (or busy half-open) circuit.
 REJECTIONS_METRIC = "http.client.circuit_breaker.rejections"
+#: ``request.extensions`` key: after a failed call the breaker leaves itself
+#: there, so that the retry layer around it can ask ``retry_in(request.url)``
+#: before it waits, instead of waiting only to meet an open circuit.
+CIRCUIT_EXTENSION = "httpx_resilience.circuit_breaker"
 #: Metric attribute: the state a circuit moved to.
 CIRCUIT_STATE = "httpx_resilience.circuit.state"
 
 # The window is a ring of this many buckets: outcomes age out a tenth of the
 # window at a time, and no per-call record is kept.
 _BUCKETS = 10
+# The stamp of a bucket never written: older than any window.
+_NEVER = float("-inf")
 
 
 class CircuitState(str, enum.Enum):
@@ -94,7 +101,9 @@ class CircuitBreakerPolicy:
         if self.break_duration < 0:
             raise ValueError(f"break_duration must be >= 0 seconds, got {self.break_duration}")
         if self.probes < 1:
-            raise ValueError(f"probes must be >= 1 so that the circuit can close, got {self.probes}")
+            raise ValueError(
+                f"probes must be >= 1 so that the circuit can close, got {self.probes}"
+            )
         statuses = frozenset(self.statuses)
         for status in statuses:
             if not isinstance(status, int) or not 100 <= status <= 599:
@@ -217,7 +226,7 @@ class Circuit:
         # index _stamps[i]; a bucket whose stamp is too old counts as empty.
         self._calls = [0] * _BUCKETS
         self._failures = [0] * _BUCKETS
-        self._stamps = [-1] * _BUCKETS
+        self._stamps = [_NEVER] * _BUCKETS
         self._in_flight = 0  # probes out while half-open
 
     def acquire(self, now: float) -> int | None:
@@ -277,6 +286,11 @@ class Circuit:
                 calls += self._calls[slot]
         return failures, calls
 
+    @property
+    def acquirable(self) -> bool:
+        """Whether a half-open circuit has a probe slot free."""
+        return self._in_flight < self.policy.probes
+
     def state_at(self, now: float) -> CircuitState:
         """The state a call at ``now`` would meet; the break may be over without a call yet."""
         if self.state is CircuitState.OPEN and now >= self.open_until:
@@ -295,7 +309,7 @@ class Circuit:
 
     def _close(self) -> None:
         # A fresh window: the failures that opened the circuit are history.
-        self._stamps = [-1] * _BUCKETS
+        self._stamps = [_NEVER] * _BUCKETS
         self._move(CircuitState.CLOSED)
 
     def _move(self, state: CircuitState) -> None:
@@ -315,6 +329,9 @@ class CircuitBreakerTransport(Layer):
     One circuit per origin (scheme, host, port), driven by the
     ``CircuitBreakerPolicy``. Place it inside ``RetryTransport``: each retry
     is a call the circuit counts, and ``CircuitOpenError`` is not retried.
+    After a failed call the layer leaves itself in
+    ``request.extensions[CIRCUIT_EXTENSION]``, so that the retry layer can ask
+    ``retry_in()`` before waiting on a circuit the failure has just opened.
     Responses are returned as they are, failures included; the layer never
     reads a body.
 
@@ -323,7 +340,7 @@ class CircuitBreakerTransport(Layer):
     ``http.client.circuit_breaker.transitions`` (rejected calls in
     ``http.client.circuit_breaker.rejections``) through ``meter_provider``
     (the global one by default, nothing without OpenTelemetry), and readable
-    with ``state()`` and ``states()`` for health reports. ``clock`` is the
+    with ``state()``, ``retry_in()`` and ``states()`` for health reports. ``clock`` is the
     monotonic time in seconds. At most ``max_origins`` circuits are kept; the
     oldest is forgotten first.
     """
@@ -376,8 +393,11 @@ class CircuitBreakerTransport(Layer):
         try:
             response = await self._transport.handle_async_request(request)
         except Exception as exc:
-            if isinstance(exc, self._exceptions):
+            # A request the server provably never processed (GOAWAY, a
+            # refused stream) says nothing bad about the server's health.
+            if isinstance(exc, self._exceptions) and unprocessed_reason(exc) is None:
                 circuit.record(permit, True, self._clock())
+                request.extensions[CIRCUIT_EXTENSION] = self
             else:
                 circuit.release(permit)
             raise
@@ -385,7 +405,11 @@ class CircuitBreakerTransport(Layer):
             # Cancelled: the origin gave no verdict, but a probe slot must come back.
             circuit.release(permit)
             raise
-        circuit.record(permit, response.status_code in self._statuses, self._clock())
+        if response.status_code in self._statuses:
+            circuit.record(permit, True, self._clock())
+            request.extensions[CIRCUIT_EXTENSION] = self
+        else:
+            circuit.record(permit, False, self._clock())
         return response
 
     def state(self, where: Origin | httpx.URL | str) -> CircuitState:
@@ -394,14 +418,28 @@ class CircuitBreakerTransport(Layer):
         >>> breaker.state("https://api.example.com")  # doctest: +SKIP
         <CircuitState.CLOSED: 'closed'>
         """
-        origin = where if isinstance(where, tuple) else origin_of(httpx.URL(where))
-        circuit = self._circuits.get(origin)
+        circuit = self._circuits.get(_origin(where))
         return CircuitState.CLOSED if circuit is None else circuit.state_at(self._clock())
+
+    def retry_in(self, where: Origin | httpx.URL | str) -> float:
+        """Seconds until the origin's circuit lets a call through; 0 if it would now.
+
+        >>> breaker.retry_in("https://api.example.com")  # doctest: +SKIP
+        7.5
+        """
+        circuit = self._circuits.get(_origin(where))
+        if circuit is None or circuit.state is CircuitState.CLOSED:
+            return 0.0
+        if circuit.state is CircuitState.OPEN:
+            return max(0.0, circuit.open_until - self._clock())
+        # Half-open: no wait if a probe slot is free, else until a probe decides.
+        return 0.0 if circuit.acquirable else circuit.policy.break_duration
 
     def states(self) -> dict[Origin, CircuitSnapshot]:
         """Every known origin's circuit, for a health report.
 
-        >>> {format_origin(o): s.state.value for o, s in breaker.states().items()}  # doctest: +SKIP
+        >>> states = breaker.states()  # doctest: +SKIP
+        >>> {format_origin(o): s.state.value for o, s in states.items()}  # doctest: +SKIP
         {'https://api.example.com': 'open'}
         """
         now = self._clock()
@@ -458,6 +496,10 @@ class CircuitBreakerTransport(Layer):
             logger.info("circuit breaker half-open for %s: probing", where, extra=extra)
         else:
             logger.info("circuit breaker closed for %s: a probe succeeded", where, extra=extra)
+
+
+def _origin(where: Origin | httpx.URL | str) -> Origin:
+    return where if isinstance(where, tuple) else origin_of(httpx.URL(where))
 
 
 def _attributes(origin: Origin) -> dict[str, str | int]:

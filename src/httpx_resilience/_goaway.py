@@ -31,10 +31,12 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 import h2.errors
 import h2.events
 import h2.exceptions
 import httpcore
+import httpx
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -330,8 +332,15 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
                 self._watch = H2Watch(self._state)
         if self._watch is not None:
             buffer = self._watch.sent(buffer)
-            if not buffer:
-                return
+            if buffer:
+                # httpcore has already taken these bytes out of h2's buffer,
+                # and they may carry other streams' frames (and move the TLS
+                # and HPACK state on): cut short by a cancellation (a hedge's
+                # loser, a caller's timeout), the write would break the
+                # connection for every request on it. The timeout still holds.
+                with anyio.CancelScope(shield=True):
+                    await self._stream.write(buffer, timeout)
+            return
         await self._stream.write(buffer, timeout)
 
     async def aclose(self) -> None:
@@ -501,3 +510,43 @@ class GuardedConnectionPool(httpcore.AsyncConnectionPool):
             **self._connection_options,
         )
         return GuardedConnection(connection, state)
+
+
+def unprocessed_reason(exc: BaseException) -> str | None:
+    """Why an HTTP/2 failure proves the server never processed the request.
+
+    ``"GOAWAY"``: the stream was above the ``last_stream_id`` of the
+    server's GOAWAY (``HTTPTransport`` reports these).
+    ``"REFUSED_STREAM"``: the server reset the stream with REFUSED_STREAM,
+    which RFC 9113 §8.7 says it does only for streams it did not process
+    (also what our GOAWAY guard answers for streams above ``last_stream_id``).
+    ``"STREAM_LIMIT"``: h2 refused to open the stream, so no byte left.
+    ``"CONNECTION_CLOSED"``: the connection was closed before the request
+    headers could be sent. ``None``: the request may have been processed.
+
+    The evidence is httpcore's exception, which httpx chains as ``__cause__``
+    and which carries h2's event or exception as its argument (or, after a
+    GOAWAY, h2's exception as its ``__context__``).
+    """
+    cause = exc.__cause__
+    if not isinstance(exc, httpx.ProtocolError) or not isinstance(cause, httpcore.ProtocolError):
+        return None
+    detail = cause.args[0] if cause.args else None
+    if isinstance(detail, h2.events.ConnectionTerminated):
+        # httpcore reports the GOAWAY that closed the connection; what h2
+        # refused for this request is the exception it was handling.
+        detail = cause.__context__
+    if isinstance(detail, AboveLastStream):
+        return "GOAWAY"
+    if isinstance(detail, h2.events.StreamReset):
+        refused = detail.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+        return "REFUSED_STREAM" if refused else None
+    if isinstance(detail, h2.exceptions.TooManyStreamsError):
+        return "STREAM_LIMIT"
+    # h2 says which input its connection state machine refused; only a
+    # refused SEND_HEADERS proves nothing of this request was sent.
+    if isinstance(detail, h2.exceptions.ProtocolError) and str(detail).startswith(
+        "Invalid input ConnectionInputs.SEND_HEADERS in state"
+    ):
+        return "CONNECTION_CLOSED"
+    return None

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 EXTENSION = "resilience"
-KNOWN_OPTIONS = frozenset({"deadline", "idempotent", "retry"})
+KNOWN_OPTIONS = frozenset({"deadline", "hedge", "idempotent", "retry"})
 
 _NO_OPTIONS: Mapping[str, Any] = MappingProxyType({})
 

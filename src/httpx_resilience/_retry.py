@@ -13,7 +13,9 @@ import httpx
 from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
+from ._breaker import CIRCUIT_EXTENSION
 from ._budget import BUDGET_EXTENSION, BudgetBook, Origin, RetryBudget, origin_of
+from ._goaway import unprocessed_reason
 from ._layer import Layer
 from ._options import request_options
 from ._request_id import REQUEST_ID
@@ -23,7 +25,6 @@ from ._retry_policy import (
     is_replayable,
     parse_retry_after,
     retry_reason,
-    unprocessed_reason,
 )
 from ._semconv import (
     ERROR_TYPE,
@@ -241,6 +242,9 @@ class RetryTransport(Layer):
             wait = policy.next_wait(state, retry_after)
             if wait is None or (limit is not None and now + wait >= limit.at):
                 break
+            breaker = request.extensions.get(CIRCUIT_EXTENSION)
+            if breaker is not None and breaker.retry_in(request.url) > wait:
+                break  # the failure opened the origin's circuit: waiting would only meet it
             if budget is not None and not budget[0].withdraw(
                 budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
             ):

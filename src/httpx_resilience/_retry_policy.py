@@ -7,17 +7,14 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import h2.errors
-import h2.events
-import h2.exceptions
-import httpcore
 import httpx
 from tenacity import Future, RetryCallState, stop_after_attempt, wait_exponential_jitter
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
+from ._breaker import CircuitOpenError
 from ._budget import RetryBudget
-from ._goaway import AboveLastStream
+from ._goaway import unprocessed_reason
 from ._options import request_options
 
 #: Safe to repeat by RFC 9110 §9.2.2.
@@ -199,6 +196,8 @@ def retry_reason(
     ``unprocessed_reason`` of an HTTP/2 failure the server provably never
     processed, which is safe to re-send whatever the method.
     """
+    if isinstance(outcome, CircuitOpenError):
+        return None  # the breaker decides when the origin is tried again
     if isinstance(outcome, httpx.Response):
         if outcome.status_code not in policy.statuses:
             return None
@@ -231,46 +230,6 @@ def is_retryable(
     True
     """
     return retry_reason(request, outcome, policy or DEFAULT_POLICY) is not None
-
-
-def unprocessed_reason(exc: BaseException) -> str | None:
-    """Why an HTTP/2 failure proves the server never processed the request.
-
-    ``"GOAWAY"``: the stream was above the ``last_stream_id`` of the
-    server's GOAWAY (``HTTPTransport`` reports these).
-    ``"REFUSED_STREAM"``: the server reset the stream with REFUSED_STREAM,
-    which RFC 9113 §8.7 says it does only for streams it did not process
-    (also what our GOAWAY guard answers for streams above ``last_stream_id``).
-    ``"STREAM_LIMIT"``: h2 refused to open the stream, so no byte left.
-    ``"CONNECTION_CLOSED"``: the connection was closed before the request
-    headers could be sent. ``None``: the request may have been processed.
-
-    The evidence is httpcore's exception, which httpx chains as ``__cause__``
-    and which carries h2's event or exception as its argument (or, after a
-    GOAWAY, h2's exception as its ``__context__``).
-    """
-    cause = exc.__cause__
-    if not isinstance(exc, httpx.ProtocolError) or not isinstance(cause, httpcore.ProtocolError):
-        return None
-    detail = cause.args[0] if cause.args else None
-    if isinstance(detail, h2.events.ConnectionTerminated):
-        # httpcore reports the GOAWAY that closed the connection; what h2
-        # refused for this request is the exception it was handling.
-        detail = cause.__context__
-    if isinstance(detail, AboveLastStream):
-        return "GOAWAY"
-    if isinstance(detail, h2.events.StreamReset):
-        refused = detail.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-        return "REFUSED_STREAM" if refused else None
-    if isinstance(detail, h2.exceptions.TooManyStreamsError):
-        return "STREAM_LIMIT"
-    # h2 says which input its connection state machine refused; only a
-    # refused SEND_HEADERS proves nothing of this request was sent.
-    if isinstance(detail, h2.exceptions.ProtocolError) and str(detail).startswith(
-        "Invalid input ConnectionInputs.SEND_HEADERS in state"
-    ):
-        return "CONNECTION_CLOSED"
-    return None
 
 
 def parse_retry_after(value: str, now: float) -> float | None:

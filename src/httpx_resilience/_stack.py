@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from . import _otel
+from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
+from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport
 from ._request_id import RequestIdTransport
 from ._retry import RetryTransport, Sleep
@@ -29,6 +31,8 @@ def resilient_transport(
     *,
     base: httpx.AsyncBaseTransport | None = None,
     retry: RetryPolicy | bool = True,
+    circuit_breaker: CircuitBreakerPolicy | bool = False,
+    hedging: HedgingPolicy | bool = False,
     idempotency_keys: bool = False,
     request_id_header: str | None = "X-Request-ID",
     tracing: bool | None = None,
@@ -38,7 +42,8 @@ def resilient_transport(
     **transport_options: Any,
 ) -> httpx.AsyncBaseTransport:
     """The recommended stack, outermost first: request ID, idempotency keys,
-    retry, tracing, and the HTTP/2 base transport with connection timings.
+    retry, circuit breaker, hedging, tracing, and the HTTP/2 base transport
+    with connection timings.
 
     >>> client = httpx.AsyncClient(transport=resilient_transport(), base_url="https://api.example.com")
 
@@ -49,6 +54,8 @@ def resilient_transport(
 
     - ``retry``: a ``RetryPolicy``, ``True`` for the default one, ``False``
       for none;
+    - ``circuit_breaker``, ``hedging``: a ``CircuitBreakerPolicy`` or
+      ``HedgingPolicy`` (``True`` for the default one); both off by default;
     - ``idempotency_keys``: give every POST and PATCH an ``Idempotency-Key``
       (only for servers that honour it), which makes them safe to retry;
     - ``request_id_header``: the header of the request ID, ``None`` for none;
@@ -74,6 +81,18 @@ def resilient_transport(
 
         transport = TracingTransport(
             transport, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+    if hedging is not False:
+        transport = HedgingTransport(
+            transport,
+            hedging if isinstance(hedging, HedgingPolicy) else None,
+            meter_provider=meter_provider,
+        )
+    if circuit_breaker is not False:
+        transport = CircuitBreakerTransport(
+            transport,
+            circuit_breaker if isinstance(circuit_breaker, CircuitBreakerPolicy) else None,
+            meter_provider=meter_provider,
         )
     if retry is not False:
         policy = retry if isinstance(retry, RetryPolicy) else None
