@@ -175,18 +175,17 @@ class TimedStream(httpcore.AsyncNetworkStream):
         self.connect = connect
         self.tls: float | None = None
 
-    # The timeout arguments below are httpcore's interface, hence the noqa.
     async def read(
         self,
         max_bytes: int,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> bytes:
         return await self._stream.read(max_bytes, timeout)
 
     async def write(
         self,
         buffer: bytes,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> None:
         await self._stream.write(buffer, timeout)
 
@@ -197,7 +196,7 @@ class TimedStream(httpcore.AsyncNetworkStream):
         self,
         ssl_context: ssl.SSLContext,
         server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
         # httpcore passes the URL's host name (or the sni_hostname extension)
         # even though we connected to an IP address: SNI and the certificate
@@ -282,7 +281,7 @@ class TimedNetworkBackend(httpcore.AsyncNetworkBackend):
         self,
         host: str,
         port: int,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
@@ -309,7 +308,7 @@ class TimedNetworkBackend(httpcore.AsyncNetworkBackend):
     async def connect_unix_socket(
         self,
         path: str,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         start = self._clock()
