@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import ssl
 import sys
 from collections.abc import AsyncIterator
 
@@ -326,3 +327,23 @@ async def test_layers_forward_the_transport_lifecycle() -> None:
     assert inner.events == ["enter", "exit", "close"]
     with pytest.raises(TypeError, match=r"wraps an httpx\.AsyncBaseTransport"):
         RetryTransport(object())  # type: ignore[arg-type]
+
+
+async def test_a_refused_certificate_is_not_retried() -> None:
+    def untrusted(request: httpx.Request) -> httpx.Response:
+        cause = ssl.SSLCertVerificationError("certificate verify failed")
+        raise httpx.ConnectError("certificate verify failed") from cause
+
+    script, sleep = Script([untrusted]), FakeSleep()
+    async with _client(script, sleep) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(URL)
+    assert len(script.requests) == 1
+
+
+async def test_a_retried_exception_does_not_carry_the_earlier_ones() -> None:
+    script, sleep = Script([httpx.ReadError("first"), httpx.ReadError("second")]), FakeSleep()
+    async with _client(script, sleep) as client:
+        with pytest.raises(httpx.ReadError) as caught:
+            await client.get(URL)
+    assert caught.value.__context__ is None

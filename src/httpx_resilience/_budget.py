@@ -27,9 +27,11 @@ class RetryBudget:
     Every request puts ``ratio`` tokens in its origin's bucket and every retry
     takes one out (a retry after a timeout takes ``timeout_cost``): retries
     stay near ``ratio`` of the requests however badly the origin fails, so a
-    struggling server is not buried under a retry storm. The bucket holds at
-    most ``max_tokens``, starts full, and refills by ``min_per_second`` on its
-    own, so a quiet client can always retry now and then. The manner of
+    struggling server is not buried under a retry storm: at most ``ratio``
+    times the requests plus ``max_tokens`` retries. The bucket holds at most
+    ``max_tokens`` (so a burst of failures can still be retried), starts full,
+    and refills by ``min_per_second`` on its own, so a quiet client can always
+    retry now and then. The manner of
     gRPC's retry throttling, Envoy's retry budget and Finagle's RetryBudget.
 
     >>> policy = RetryPolicy(budget=RetryBudget(ratio=0.1))  # doctest: +SKIP
@@ -37,7 +39,7 @@ class RetryBudget:
     """
 
     ratio: float = 0.2
-    max_tokens: float = 10.0
+    max_tokens: float = 50.0
     min_per_second: float = 1.0
     timeout_cost: float = 2.0
 

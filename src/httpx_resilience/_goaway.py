@@ -10,8 +10,10 @@ and a POST among them cannot safely be re-sent.
 ``GoawayGuardStream`` sits between httpcore and the socket of one HTTP/2
 connection and reads the frame headers going by. When GOAWAY arrives it
 
-- holds the GOAWAY frame back until every stream at or below
-  ``last_stream_id`` has ended, so h2 accepts their responses;
+- keeps the GOAWAY frame from h2 altogether, so h2 accepts the responses
+  to the streams at or below ``last_stream_id``, and httpcore hands out
+  responses it has already received (httpcore 1.0.9 raises for every
+  stream once it has seen GOAWAY, even one whose response is in);
 - answers every stream above it, open now or opened later, with a local
   ``RST_STREAM(REFUSED_STREAM)``, which httpcore raises as
   ``RemoteProtocolError`` and the retry layer re-sends at once, for every
@@ -19,8 +21,9 @@ connection and reads the frame headers going by. When GOAWAY arrives it
 - flags the connection, so ``GuardedConnection`` stops the pool from giving
   it new requests.
 
-Only frame headers are read; nothing is decoded, copied or reordered except
-the held GOAWAY and the injected resets, which go in at frame boundaries.
+The server closes the connection once it has answered; the pool closes it
+sooner if it falls idle. Only frame headers are read; nothing is decoded or
+reordered: the GOAWAY is dropped and the resets go in at frame boundaries.
 """
 
 from __future__ import annotations
@@ -150,7 +153,6 @@ class H2Watch:
         self._sent_all: set[int] = set()
         #: Refused streams whose request h2 is still sending.
         self._refuse_later: set[int] = set()
-        self._held_goaway: bytes | None = None
         #: Frames for h2 at the next inbound frame boundary.
         self._inject = bytearray()
 
@@ -209,12 +211,11 @@ class H2Watch:
         return out
 
     def eof(self) -> bytes:
-        """The server closed: refuse what waits, release a held GOAWAY so h2 learns why."""
+        """The server closed: refuse the streams still waiting for it."""
         for stream_id in sorted(self._refuse_later):
             self._inject += refused_stream_frame(stream_id)
         self._refuse_later.clear()
-        held, self._held_goaway = self._held_goaway, None
-        return self.pending() + (held or b"")
+        return self.pending()
 
     def _on_sent(self, kind: int, flags: int, stream_id: int) -> None:
         if kind == _RST_STREAM:
@@ -242,7 +243,7 @@ class H2Watch:
 
     def _on_received(self, frames: _Frames) -> None:
         if frames.mode == _HOLD:
-            self._on_goaway(bytes(frames.held))
+            self._on_goaway(bytes(frames.held))  # and never hand it to h2
         elif frames.kind == _RST_STREAM or (
             frames.kind in (_DATA, _HEADERS) and frames.flags & _END_STREAM
         ):
@@ -254,11 +255,9 @@ class H2Watch:
         state.draining = True
         if state.last_stream_id is None or last < state.last_stream_id:
             state.last_stream_id = last
-        self._held_goaway = frame
         for stream_id in sorted(self._open):
             if stream_id > state.last_stream_id:
                 self._refuse(stream_id)
-        self._maybe_release()
 
     def _refuse(self, stream_id: int) -> None:
         """Answer a stream above ``last_stream_id`` with REFUSED_STREAM.
@@ -277,21 +276,10 @@ class H2Watch:
     def _inject_refusal(self, stream_id: int) -> None:
         self._sent_all.discard(stream_id)
         self._inject += refused_stream_frame(stream_id)
-        self._maybe_release()
 
     def _end(self, stream_id: int) -> None:
         self._open.discard(stream_id)
         self._sent_all.discard(stream_id)
-        self._maybe_release()
-
-    def _maybe_release(self) -> None:
-        """Hand h2 the held GOAWAY once no stream can still be answered or refused."""
-        last = self.state.last_stream_id
-        if self._held_goaway is None or last is None or self._refuse_later:
-            return
-        if not any(stream_id <= last for stream_id in self._open):
-            self._inject += self._held_goaway
-            self._held_goaway = None
 
 
 class GoawayGuardStream(httpcore.AsyncNetworkStream):

@@ -97,7 +97,9 @@ def check_url(url: str) -> httpx.URL:
         raise ProbeError("url", f"invalid URL {url!r}: {exc}") from None
     if parsed.scheme not in ("http", "https"):
         given = f"'{parsed.scheme}://'" if parsed.scheme else "none"
-        raise ProbeError("url", f"invalid URL {url!r}: the scheme must be http or https, not {given}")
+        raise ProbeError(
+            "url", f"invalid URL {url!r}: the scheme must be http or https, not {given}"
+        )
     if not parsed.host:
         raise ProbeError("url", f"invalid URL {url!r}: no host name")
     return parsed
@@ -147,7 +149,8 @@ async def probe(
     return ProbeResult(
         url=str(url),
         status=response.status_code,
-        reason=response.reason_phrase,
+        # HTTP/2 has no reason phrase, and a server may send none over HTTP/1.1.
+        reason=response.reason_phrase or httpx.codes.get_reason_phrase(response.status_code),
         http_version=version,
         history=extensions.get("retry", RetryHistory(attempts=1)),
         request_id=extensions.get("request_id"),
@@ -158,12 +161,21 @@ async def probe(
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and its causes, innermost last (``__cause__`` first, then ``__context__``)."""
+    """The exception and what caused it, depth first: causes, contexts, and the
+    members of exception groups (trio reports failed connection attempts as one)."""
     chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if any(current is seen for seen in chain):
+            continue
         chain.append(current)
-        current = current.__cause__ or current.__context__
+        members = getattr(current, "exceptions", None)
+        if isinstance(members, tuple):
+            stack.extend(reversed([m for m in members if isinstance(m, BaseException)]))
+        linked = current.__cause__ or current.__context__
+        if linked is not None:
+            stack.append(linked)
     return chain
 
 
@@ -212,9 +224,13 @@ def describe_error(exc: httpx.HTTPError, url: httpx.URL, timeout: float) -> Prob
         reason = tls_error.reason or str(tls_error)
         return ProbeError("tls", f"TLS handshake with {where} failed: {reason}{tries}")
     if _find(exc, ConnectionRefusedError) is not None:
-        return ProbeError("refused", f"connection refused by {where}: nothing listens there{tries}")
+        return ProbeError(
+            "refused", f"connection refused by {where}: nothing listens there{tries}"
+        )
     if isinstance(exc, httpx.ConnectError):
-        return ProbeError("connect", f"cannot connect to {where}: {exc or type(exc).__name__}{tries}")
+        return ProbeError(
+            "connect", f"cannot connect to {where}: {exc or type(exc).__name__}{tries}"
+        )
     if isinstance(exc, httpx.ReadError | httpx.WriteError):
         reset = _find(exc, ConnectionResetError) is not None or not str(exc)
         what = "the connection was reset" if reset else str(exc)
@@ -268,7 +284,7 @@ def format_result(result: ProbeResult) -> list[str]:
         ("timings", "-" if result.timings is None else format_timings(result.timings)),
         ("body", f"{result.body_bytes} bytes" + _content_type(result.content_type)),
     ]
-    return [f"GET {result.url}"] + [f"  {name:<11}{value}" for name, value in rows]
+    return [f"GET {result.url}"] + [f"  {name:<12}{value}" for name, value in rows]
 
 
 def _content_type(value: str | None) -> str:

@@ -153,16 +153,20 @@ class RetryTransport(Layer):
         start = self._clock()
         # The first attempt stays out of Tenacity's machinery: most requests
         # never need a second one.
+        outcome: httpx.Response | Exception
         try:
-            response = await self._transport.handle_async_request(request)
+            outcome = await self._transport.handle_async_request(request)
         except Exception as exc:
             if retry_reason(request, exc, policy) is None:
                 raise
-            return await self._retry(request, policy, exc, start, budget, None)
-        if response.status_code in policy.statuses:
-            return await self._retry(request, policy, response, start, budget, None)
-        response.extensions["retry"] = _FIRST_TRY
-        return response
+            outcome = exc
+        else:
+            if outcome.status_code not in policy.statuses:
+                outcome.extensions["retry"] = _FIRST_TRY
+                return outcome
+        # Outside the except clause, so that a later attempt's exception
+        # does not carry this one as its __context__.
+        return await self._retry(request, policy, outcome, start, budget, None)
 
     async def _within_deadline(
         self, request: httpx.Request, policy: RetryPolicy | None, deadline: float

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import ssl
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -207,6 +208,8 @@ def retry_reason(
         # Provably never processed: safe whatever the method.
         reason, safe = unprocessed, True
     elif isinstance(outcome, cast(tuple[type[Exception], ...], policy.exceptions)):
+        if _certificate_refused(outcome):
+            return None  # the same certificate will be refused again
         reason = type(outcome).__name__
         safe = isinstance(outcome, NOT_SENT_EXCEPTIONS) or is_idempotent(request, policy)
     else:
@@ -214,6 +217,18 @@ def retry_reason(
     if safe and is_replayable(request):
         return reason
     return None
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    """Whether a TLS certificate check failed somewhere down the exception's chain."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def is_retryable(
