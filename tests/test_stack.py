@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import anyio
 import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
@@ -13,7 +12,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tenacity import wait_fixed
 
 from httpx_resilience import (
-    PRODUCTION_LIMITS,
     CircuitBreakerPolicy,
     CircuitBreakerTransport,
     HedgingTransport,
@@ -127,35 +125,6 @@ async def test_any_transport_can_be_the_base() -> None:
         resilient_transport(base=script.transport(), request_id_header=None, tracing=False),
         RetryTransport,
     )
-
-
-async def test_http11_connections_are_bounded_and_kept_alive(
-    servers: ServerThread, app: ScriptedApp, unique_path: str
-) -> None:
-    """Two waves of 60 concurrent requests over HTTP/1.1 open at most 50 connections.
-
-    With httpx's default of 20 keep-alive connections, httpcore closes idle
-    connections while more than 20 are open, so each wave opens them anew.
-    """
-    assert PRODUCTION_LIMITS.max_connections == 50
-    app.script(unique_path, [Reply(200, delay=0.05)])
-    reader = InMemoryMetricReader()
-    transport = resilient_transport(
-        tracing=False, meter_provider=MeterProvider(metric_readers=[reader])
-    )
-    async with httpx.AsyncClient(transport=transport, base_url=servers.http_url) as client:
-        for _ in range(2):
-            async with anyio.create_task_group() as tg:
-                for _ in range(60):
-                    tg.start_soon(client.get, unique_path)
-    assert len(app.received(unique_path)) == 120
-    opened = [
-        point.value
-        for metric in _metrics(reader)
-        if metric.name == "httpx_resilience.connection.opened"
-        for point in metric.data.data_points
-    ]
-    assert 1 <= sum(opened) <= 50
 
 
 def _metrics(reader: InMemoryMetricReader) -> list:  # type: ignore[type-arg]

@@ -20,11 +20,11 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 #: The production stack's pool: HTTP/2 multiplexes many requests on few
-#: connections; for HTTP/1.1 origins 50 connections bound the fan-out, and
-#: all 50 may stay alive: httpcore closes idle connections whenever more than
-#: ``max_keepalive_connections`` are open, so with 20 a burst of 50 requests
-#: opened new connections on every burst (tests/test_stack.py).
-PRODUCTION_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+#: connections; for HTTP/1.1 origins 50 connections bound the fan-out. Of
+#: those 20 stay alive: httpcore then closes idle connections whenever more
+#: than 20 are open (churn), but keeping all 50 alive measured slower still
+#: on loopback (benchmarks/RESULTS.md), so the seed's choice stands.
+PRODUCTION_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=20)
 
 
 def resilient_transport(
