@@ -127,12 +127,6 @@ async def test_any_transport_can_be_the_base() -> None:
     )
 
 
-def _metrics(reader: InMemoryMetricReader) -> list:  # type: ignore[type-arg]
-    data = reader.get_metrics_data()
-    assert data is not None
-    return [m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics]
-
-
 def test_breaker_and_hedging_are_opt_in_and_sit_inside_retry() -> None:
     base = Script([200]).transport()
     assert _chain(resilient_transport(base=base, tracing=False)) == [
