@@ -83,6 +83,16 @@ class ServerProcess:
         self._proc.stdin.flush()
         return self._next(timeout)
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
     def ssl_context(self) -> ssl.SSLContext:
         """A client context trusting the server's CA only (one per client: httpcore
         sets ALPN on the context it is given)."""
@@ -126,7 +136,7 @@ def versions() -> dict[str, str]:
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
+        except metadata.PackageNotFoundError:  # noqa: PERF203 - once per package
             found[name] = "-"
     return found
 

@@ -96,7 +96,7 @@ async def serve_fault(args: argparse.Namespace) -> None:
                     # A record is rewritten by its index when its response
                     # ends; clear only once every response has ended.
                     with anyio.move_on_after(2.0):
-                        while any(r.status is None and r.processed for r in server.received):
+                        while any(r.status is None and r.processed for r in server.received):  # noqa: ASYNC110
                             await anyio.sleep(0.01)
                     server.received.clear()
                     emit({"cleared": True})
@@ -113,13 +113,18 @@ async def serve_fault(args: argparse.Namespace) -> None:
 
 
 def serve_hypercorn(args: argparse.Namespace) -> None:
-    spec = importlib.util.spec_from_file_location("bench_test_servers", ROOT / "tests" / "servers.py")
-    assert spec is not None and spec.loader is not None
+    spec = importlib.util.spec_from_file_location(
+        "bench_test_servers", ROOT / "tests" / "servers.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
     servers = importlib.util.module_from_spec(spec)
     sys.modules["bench_test_servers"] = servers
     spec.loader.exec_module(servers)
     app = servers.ScriptedApp()
-    app.script("/", [servers.Reply(body=b'{"ok": true}', headers={"content-type": "application/json"})])
+    app.script(
+        "/", [servers.Reply(body=b'{"ok": true}', headers={"content-type": "application/json"})]
+    )
     with servers.start_servers(app) as server, tempfile.TemporaryDirectory() as tmp:
         ca = Path(tmp) / "ca.pem"
         server.ca.cert_pem.write_to_path(str(ca))

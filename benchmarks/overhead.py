@@ -105,9 +105,17 @@ CONFIGS: list[tuple[str, str, Callable[[httpx.AsyncBaseTransport], Built]]] = [
     ("httpx_retries", "peer: httpx-retries RetryTransport", _httpx_retries),
     ("otel_noop", "peer: OTel AsyncOpenTelemetryTransport, no-op", _otel(False)),
     ("otel_sdk", "peer: OTel AsyncOpenTelemetryTransport, SDK", _otel(True)),
-    ("uuid4_hook", "peer: uuid4 request-ID event hook", lambda inner: Built(inner, {"request": [uuid4_request_id]})),
+    (
+        "uuid4_hook",
+        "peer: uuid4 request-ID event hook",
+        lambda inner: Built(inner, {"request": [uuid4_request_id]}),
+    ),
     ("peers_noop", "peers: httpx-retries + OTel + uuid4, no-op", lambda inner: peers(inner, None)),
-    ("peers_sdk", "peers: httpx-retries + OTel + uuid4, SDK", lambda inner: peers(inner, Sdk.create())),
+    (
+        "peers_sdk",
+        "peers: httpx-retries + OTel + uuid4, SDK",
+        lambda inner: peers(inner, Sdk.create()),
+    ),
 ]
 
 
@@ -117,7 +125,9 @@ def make_client(key: str) -> tuple[httpx.AsyncClient, Built]:
     return httpx.AsyncClient(transport=built.transport, event_hooks=built.hooks), built
 
 
-async def timed_slice(client: httpx.AsyncClient, seconds: float, max_requests: int) -> tuple[int, float, float]:
+async def timed_slice(
+    client: httpx.AsyncClient, seconds: float, max_requests: int
+) -> tuple[int, float, float]:
     """Send GETs for about ``seconds``; (requests, CPU seconds, wall seconds)."""
     get = client.get
     n = 0
@@ -219,7 +229,7 @@ def profile(key: str, requests: int = 20_000, top: int = 30) -> str:
     import pstats
 
     async def go() -> cProfile.Profile:
-        client, built = make_client(key)
+        client, _built = make_client(key)
         for _ in range(200):
             await client.get(URL)
         profiler = cProfile.Profile()

@@ -1,0 +1,313 @@
+"""Section 3: behaviour under faults, against the fault server in its own process.
+
+Scenario "mixed faults" (HTTP/1.1 over TLS): every request draws, from a
+seeded generator, 20% ``503`` (no ``Retry-After``), 5% a TCP reset before
+any byte of the response (the server did the work; the answer is lost),
+2% a 0.1 s delay, the rest ``200``. A fixed workload of GETs and POSTs,
+shuffled with a seed, goes through each configuration from 10 concurrent
+tasks; each configuration gets a fresh server, so all see the same
+sequence of draws. Every logical request carries its own ``X-Request-ID``
+(set by the caller; our request-ID layer keeps it), so the server's
+records tell how many times each was received and processed.
+
+Scenario "GOAWAY" (HTTP/2 over TLS): the server ends every connection
+with a GOAWAY after 20 requests (as nginx does after
+``keepalive_requests``) and answers every stream up to it; 600 GETs and
+600 POSTs from 200 concurrent tasks.
+
+All retrying configurations wait the same small backoff (5 ms, then
+10 ms, no jitter); nothing is injected: the waits are real and small.
+
+    python benchmarks/faults.py [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import dataclasses
+import random
+import time
+from typing import Any
+
+import httpx
+from _common import ServerProcess, log, percentile, table
+from _configs import Built
+
+WORKERS = 10
+GOAWAY_WORKERS = 200
+
+
+def build(key: str, context: Any, http2: bool) -> Built:
+    from httpx_retries import Retry, RetryTransport
+    from tenacity import wait_exponential
+
+    from httpx_resilience import RetryPolicy, resilient_transport
+
+    def base() -> httpx.AsyncHTTPTransport:
+        return httpx.AsyncHTTPTransport(verify=context, http2=http2)
+
+    # 5 ms then 10 ms for every retrying configuration.
+    ours_policy = RetryPolicy(wait=wait_exponential(multiplier=0.005, max=0.05))
+    if key == "bare":
+        return Built(base())
+    if key == "httpx_retries_default":
+        return Built(RetryTransport(transport=base()))
+    if key == "httpx_retries_3":
+        retry = Retry(total=2, backoff_factor=0.0025, backoff_jitter=0.0)
+        return Built(RetryTransport(transport=base(), retry=retry))
+    if key == "ours":
+        return Built(resilient_transport(verify=context, http2=http2, retry=ours_policy))
+    if key == "ours_no_budget":
+        # The retry budget (on by default) caps retries at ~20% of requests;
+        # without it, what the retry decisions alone achieve.
+        policy = dataclasses.replace(ours_policy, budget=None)
+        return Built(resilient_transport(verify=context, http2=http2, retry=policy))
+    if key == "ours_keys":
+        return Built(
+            resilient_transport(
+                verify=context, http2=http2, retry=ours_policy, idempotency_keys=True
+            )
+        )
+    raise KeyError(key)
+
+
+LABELS = {
+    "bare": "bare httpx",
+    "httpx_retries_default": "httpx-retries, default Retry() (10 retries, no backoff)",
+    "httpx_retries_3": "httpx-retries, 3 attempts, 5/10 ms backoff",
+    "ours": "ours: resilient_transport(), 3 attempts, 5/10 ms",
+    "ours_no_budget": "ours, retry budget off (budget=None)",
+    "ours_keys": "ours + idempotency_keys=True",
+}
+
+
+async def workload(
+    built: Built, url: str, jobs: list[tuple[str, str]], workers: int, timeout: float
+) -> dict[str, dict[str, Any]]:
+    """Send every (method, request ID) in ``jobs``; outcome and latency of each."""
+    results: dict[str, dict[str, Any]] = {}
+    queue: collections.deque[tuple[str, str]] = collections.deque(jobs)
+    async with httpx.AsyncClient(
+        transport=built.transport, event_hooks=built.hooks, timeout=5.0
+    ) as client:
+
+        async def worker() -> None:
+            while queue:
+                method, rid = queue.popleft()
+                headers = {"X-Request-ID": rid}
+                start = time.perf_counter()
+                try:
+                    if method == "GET":
+                        response = await client.get(f"{url}/items", headers=headers)
+                    else:
+                        response = await client.post(
+                            f"{url}/payments", headers=headers, json={"amount": 10, "id": rid}
+                        )
+                    outcome = str(response.status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                results[rid] = {
+                    "method": method,
+                    "outcome": outcome,
+                    "seconds": time.perf_counter() - start,
+                }
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(workers))), timeout)
+    return results
+
+
+def summarize(
+    results: dict[str, dict[str, Any]], records: list[list[Any]], max_attempts: int = 3
+) -> dict[str, Any]:
+    """Success, duplicates and amplification, from the client's and the server's view."""
+    per_id: dict[str, list[list[Any]]] = collections.defaultdict(list)
+    for rid, method, processed, status, complete in records:
+        per_id[rid].append([method, processed, status, complete])
+    summary: dict[str, Any] = {}
+    for method in ("GET", "POST"):
+        mine = {rid: r for rid, r in results.items() if r["method"] == method}
+        if not mine:
+            continue
+        ok = [rid for rid, r in mine.items() if r["outcome"] == "200"]
+        failed = [rid for rid in mine if rid not in set(ok)]
+
+        def attempt_failed(record: list[Any]) -> bool:
+            _, _, status, complete = record
+            return status != 200 or not complete
+
+        # A failed request a 3-attempt policy could still have saved: fewer
+        # than 3 of its attempts reached the server, or one of its first 3
+        # did not fail there.
+        recoverable_failures = [
+            rid
+            for rid in failed
+            if len(per_id[rid]) < max_attempts
+            or not all(attempt_failed(r) for r in per_id[rid][:max_attempts])
+        ]
+        # Failed at the client although the server acted on it: the answer
+        # was lost; re-sending such a POST is what would duplicate it.
+        failed_processed = sum(1 for rid in failed if any(r[1] for r in per_id[rid]))
+        received = sum(len(per_id[rid]) for rid in mine)
+        processed = sum(1 for rid in mine for r in per_id[rid] if r[1])
+        processed_twice = sum(1 for rid in mine if sum(1 for r in per_id[rid] if r[1]) > 1)
+        seconds = [r["seconds"] for r in mine.values()]
+        summary[method] = {
+            "requests": len(mine),
+            "succeeded": len(ok),
+            "success_rate": len(ok) / len(mine),
+            "failed_recoverable": len(recoverable_failures),
+            "succeeded_of_recoverable": len(ok)
+            / max(1, len(mine) - len(failed) + len(recoverable_failures)),
+            "processed_more_than_once": processed_twice,
+            "failed_but_processed": failed_processed,
+            "amplification": received / len(mine),
+            "processed_per_request": processed / len(mine),
+            "received_per_success": received / max(1, len(ok)),
+            "p50_ms": percentile(seconds, 50) * 1000,
+            "p99_ms": percentile(seconds, 99) * 1000,
+            "outcomes": dict(collections.Counter(r["outcome"] for r in mine.values())),
+        }
+    all_seconds = [r["seconds"] for r in results.values()]
+    summary["ALL"] = {
+        "requests": len(results),
+        "amplification": len(records) / len(results),
+        "p50_ms": percentile(all_seconds, 50) * 1000,
+        "p99_ms": percentile(all_seconds, 99) * 1000,
+    }
+    return summary
+
+
+def jobs_for(key: str, gets: int, posts: int, seed: int) -> list[tuple[str, str]]:
+    methods = ["GET"] * gets + ["POST"] * posts
+    random.Random(seed).shuffle(methods)
+    return [(m, f"{key}-{i:05d}") for i, m in enumerate(methods)]
+
+
+async def scenario(
+    plan: str, http2: bool, keys: list[str], gets: int, posts: int, workers: int
+) -> list[dict[str, Any]]:
+    rows = []
+    for key in keys:
+        with ServerProcess("--plan", plan) as server:
+            built = build(key, server.ssl_context(), http2)
+            jobs = jobs_for(key, gets, posts, seed=99)
+            wall = time.perf_counter()
+            results = await workload(built, server.url, jobs, workers, timeout=120.0)
+            wall = time.perf_counter() - wall
+            await asyncio.sleep(0.2)  # let the server finish its records
+            stats = server.command("stats")
+            records = server.command("records")
+        summary = summarize(results, records)
+        rows.append(
+            {
+                "key": key,
+                "label": LABELS[key],
+                "wall_s": wall,
+                "server_connections": stats["connections"],
+                "server_goaways": stats.get("goaways"),
+                **summary,
+            }
+        )
+        log(
+            f"  faults ({plan}): {key}: GET {summary['GET']['success_rate']:.1%} "
+            f"POST {summary['POST']['success_rate']:.1%} in {wall:.1f} s"
+        )
+    return rows
+
+
+async def run(scale: float = 1.0) -> dict[str, Any]:
+    keys = list(LABELS)
+    mixed = await scenario(
+        "faults", False, keys, gets=round(600 * scale), posts=round(200 * scale), workers=WORKERS
+    )
+    goaway = await scenario(
+        "goaway",
+        True,
+        keys,
+        gets=round(600 * scale),
+        posts=round(600 * scale),
+        workers=GOAWAY_WORKERS,
+    )
+    return {
+        "mixed": {
+            "protocol": "HTTP/1.1 over TLS",
+            "plan": "20% 503 (no Retry-After), 5% TCP reset before the response, 2% 0.1 s delay",
+            "workers": WORKERS,
+            "rows": mixed,
+        },
+        "goaway": {
+            "protocol": "HTTP/2 over TLS",
+            "plan": "GOAWAY after every 20 requests per connection (goaway_every=20)",
+            "workers": GOAWAY_WORKERS,
+            "rows": goaway,
+        },
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    parts = []
+    for name in ("mixed", "goaway"):
+        scenario_result = result[name]
+        parts.append(
+            f"{name}: {scenario_result['protocol']}; {scenario_result['plan']}; "
+            f"{scenario_result['workers']} concurrent tasks"
+        )
+        parts.append(
+            table(
+                [
+                    "configuration",
+                    "GET ok",
+                    "GET failed, 3 attempts could have saved",
+                    "POST ok",
+                    "POST failed, server had processed it",
+                    "POSTs processed twice",
+                    "received per request GET / POST",
+                    "processed per request GET / POST",
+                    "p50 / p99 ms",
+                ],
+                [
+                    [
+                        r["label"],
+                        f"{r['GET']['succeeded']}/{r['GET']['requests']}",
+                        r["GET"]["failed_recoverable"],
+                        f"{r['POST']['succeeded']}/{r['POST']['requests']}",
+                        r["POST"]["failed_but_processed"],
+                        r["POST"]["processed_more_than_once"],
+                        f"{r['GET']['amplification']:.2f} / {r['POST']['amplification']:.2f}",
+                        f"{r['GET']['processed_per_request']:.2f} / "
+                        f"{r['POST']['processed_per_request']:.2f}",
+                        f"{r['ALL']['p50_ms']:.1f} / {r['ALL']['p99_ms']:.1f}",
+                    ]
+                    for r in scenario_result["rows"]
+                ],
+            )
+        )
+        failures = []
+        for r in scenario_result["rows"]:
+            for method in ("GET", "POST"):
+                bad = {k: v for k, v in r[method]["outcomes"].items() if k != "200"}
+                if bad:
+                    failures.append(f"  {r['label']}, {method}: {bad}")
+        if failures:
+            parts.append("failures by outcome:\n" + "\n".join(failures))
+    parts.append(
+        "Received: requests the server read (amplification); processed: those it acted on "
+        "(HTTP/2 streams above a GOAWAY's last_stream_id are received, never processed). "
+        "With idempotency_keys=True a POST is retried with the same Idempotency-Key: a "
+        "server that honours keys answers the repeat from its store; the fault server does "
+        "not, so it counts them as processed twice."
+    )
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
+    args = parser.parse_args()
+    print(render(asyncio.run(run(args.scale))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Run the benchmarks: overhead in process and on loopback, faults, memory.
+
+    python benchmarks/run.py                 # everything, a few minutes on 2 cores
+    python benchmarks/run.py --quick         # smaller: a smoke test of the suite
+    python benchmarks/run.py --only overhead # or loopback, sniffio, faults, memory
+
+Prints the tables and the targets of issue 7, writes
+``benchmarks/results/latest.json`` and, when every section ran,
+``benchmarks/RESULTS.md``. See ``benchmarks/README.md`` for how to read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import faults
+import loopback
+import memory
+import overhead
+from _common import HERE, ROOT, log, machine, table, versions
+
+SECTIONS = ("overhead", "loopback", "sniffio", "faults", "memory")
+
+FULL = {
+    "overhead": {"rounds": 15, "seconds": 0.05},
+    "loopback": {"rounds": 4, "seconds": 0.25},
+    "sniffio": {"rounds": 4, "seconds": 0.25},
+    "faults": {"scale": 1.0},
+    "memory": {"mb": 500, "repeat": 1},
+}
+QUICK = {
+    "overhead": {"rounds": 5, "seconds": 0.03},
+    "loopback": {"rounds": 2, "seconds": 0.1},
+    "sniffio": {"rounds": 2, "seconds": 0.1},
+    "faults": {"scale": 0.3},
+    "memory": {"mb": 50, "repeat": 1},
+}
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+            ).stdout.strip()
+        except OSError:
+            return ""
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "src_modified": [line[3:] for line in git("status", "--porcelain", "src").splitlines()],
+    }
+
+
+def run_section(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    if name == "overhead":
+        result = asyncio.run(overhead.run(**params))
+    elif name == "loopback":
+        result = asyncio.run(loopback.run(**params))
+    elif name == "sniffio":
+        result = loopback.run_sniffio(**params)
+    elif name == "faults":
+        result = asyncio.run(faults.run(**params))
+    elif name == "memory":
+        result = memory.run(**params)
+    else:
+        raise KeyError(name)
+    result["params"] = params
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+RENDER = {
+    "overhead": overhead.render,
+    "loopback": loopback.render,
+    "sniffio": loopback.render_sniffio,
+    "faults": faults.render,
+    "memory": memory.render,
+}
+
+TITLES = {
+    "overhead": "1. Overhead in process (innermost: a fixed in-memory response)",
+    "loopback": "2. Overhead on loopback (TLS, the fault server in its own process)",
+    "sniffio": "2b. Fresh install: httpcore with and without sniffio (loopback)",
+    "faults": "3. Under faults (the fault server in its own process)",
+    "memory": "4. Memory while streaming",
+}
+
+
+# -- targets ---------------------------------------------------------------------
+
+
+def _row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in rows:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of issue 7: what was measured, and met or missed."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, measured: str, met: bool | None) -> None:
+        out.append(
+            {
+                "target": target,
+                "measured": measured,
+                "status": {True: "met", False: "MISSED", None: "n/a"}[met],
+            }
+        )
+
+    if "overhead" in results:
+        rows = results["overhead"]["rows"]
+        bare, full, sdk, peers = (
+            _row(rows, key=k) for k in ("bare", "full_noop", "full_sdk", "peers_sdk")
+        )
+        if bare and full:
+            add(
+                "full stack, no-op tracing: <= 1.15x bare in process (about +12 µs at 80 µs bare)",
+                f"{full['ratio']:.3f}x, +{full['added_us']:.1f} µs at {bare['us_per_request']:.0f} µs bare",
+                full["ratio"] <= 1.15,
+            )
+        if bare and sdk and peers:
+            add(
+                "full stack, SDK: added cost <= 1/2 of httpx-retries + OTel + uuid4 (SDK)",
+                f"+{sdk['added_us']:.0f} µs vs +{peers['added_us']:.0f} µs "
+                f"({sdk['added_us'] / peers['added_us']:.2f} of it)",
+                sdk["added_us"] <= 0.5 * peers["added_us"],
+            )
+    if "loopback" in results:
+        rows = results["loopback"]["rows"]
+        full = _row(rows, cell="HTTP/1.1 sequential", key="full_noop")
+        if full:
+            time_ratio = 1 / full["ratio"]
+            add(
+                "full stack, no-op tracing: <= 1.05x bare per request on loopback HTTP/1.1",
+                f"{time_ratio:.3f}x time per request (throughput {full['ratio']:.3f}x bare)",
+                time_ratio <= 1.05,
+            )
+        h2 = _row(rows, cell="HTTP/2 50 concurrent", key="full_noop")
+        h1 = _row(rows, cell="HTTP/1.1 50 concurrent", key="full_noop")
+        if h2 and h1:
+            gain = h2["requests_per_s"] / h1["requests_per_s"]
+            add(
+                "HTTP/2, 50 concurrent: 1 connection (1-2 allowed), throughput >= 1.6x HTTP/1.1 (ours)",
+                f"{h2['opened_total']} connection(s) over the client's life; "
+                f"{h2['requests_per_s']:.0f} vs {h1['requests_per_s']:.0f} req/s = {gain:.2f}x",
+                h2["opened_total"] <= 2 and gain >= 1.6,
+            )
+    if "sniffio" in results:
+        rows = results["sniffio"]["rows"]
+        parts, ok = [], True
+        for cell in ("HTTP/1.1 sequential", "HTTP/2 50 concurrent"):
+            ours = _row(rows, cell=cell, key="full_noop")
+            if ours:
+                parts.append(f"{cell}: {ours['ratio_vs_fresh_bare']:.2f}x")
+                ok = ok and ours["ratio_vs_fresh_bare"] >= 1.0
+        add(
+            "fresh install of ours not slower than fresh bare httpx (no sniffio) on loopback",
+            "throughput of ours / fresh bare: " + "; ".join(parts),
+            ok if parts else None,
+        )
+    if "faults" in results:
+        for name in ("mixed", "goaway"):
+            rows = results["faults"][name]["rows"]
+            ours = _row(rows, key="ours")
+            peer3 = _row(rows, key="httpx_retries_3")
+            peer_default = _row(rows, key="httpx_retries_default")
+            if not ours:
+                continue
+            get = ours["GET"]
+            add(
+                f"faults ({name}): 100% of GETs succeed where 3 attempts can",
+                f"{get['succeeded']}/{get['requests']} ok, {get['failed_recoverable']} failed "
+                "that 3 attempts could have saved",
+                get["failed_recoverable"] == 0,
+            )
+            add(
+                f"faults ({name}): 0 duplicate POSTs",
+                f"{ours['POST']['processed_more_than_once']} POSTs processed twice "
+                f"({ours['POST']['succeeded']}/{ours['POST']['requests']} POSTs ok)",
+                ours["POST"]["processed_more_than_once"] == 0,
+            )
+            if peer3 and peer_default:
+                # GETs: what both retry. httpx-retries never re-sends a POST,
+                # so counting POSTs would reward giving up on them.
+                mine = get["amplification"]
+                add(
+                    f"faults ({name}): amplification (server-received per GET) no worse than httpx-retries",
+                    f"ours {mine:.2f} ({get['succeeded']}/{get['requests']} ok) vs httpx-retries "
+                    f"{peer3['GET']['amplification']:.2f} with 3 attempts "
+                    f"({peer3['GET']['succeeded']} ok), {peer_default['GET']['amplification']:.2f} "
+                    f"default ({peer_default['GET']['succeeded']} ok); per successful GET: "
+                    f"{get['received_per_success']:.2f} vs {peer3['GET']['received_per_success']:.2f}"
+                    f" / {peer_default['GET']['received_per_success']:.2f}",
+                    mine <= peer3["GET"]["amplification"] + 0.005,
+                )
+    if "memory" in results:
+        rows = results["memory"]["rows"]
+        worst = max((r["growth_vs_bare_mb"] for r in rows if r["key"] != "bare"), default=None)
+        if worst is not None:
+            add(
+                f"streaming {results['memory']['body_mb']:g} MB: peak RSS growth within 10 MB of bare",
+                "; ".join(
+                    f"{r['cell']}: {r['growth_mb']:.1f} MB ({r['growth_vs_bare_mb']:+.1f} vs bare)"
+                    for r in rows
+                    if r["key"] != "bare"
+                ),
+                worst <= 10 and all(r["complete"] for r in rows),
+            )
+    return out
+
+
+def render_targets(rows: list[dict[str, Any]]) -> str:
+    return table(
+        ["target", "measured", "status"], [[t["target"], t["measured"], t["status"]] for t in rows]
+    )
+
+
+def results_md(payload: dict[str, Any]) -> str:
+    m, v, g = payload["machine"], payload["versions"], payload["git"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `python benchmarks/run.py`"
+        + (
+            " --quick (smaller, a smoke test: do not compare with full runs)"
+            if payload["quick"]
+            else ""
+        )
+        + "; how to read it: [README.md](README.md). Only ratios taken in the same run compare.",
+        "",
+        f"- date: {m['date']}; the run took {payload['seconds']:.0f} s",
+        f"- machine: {m['cores']} cores, {m['cpu']}, {m['platform']}",
+        f"- load average before / after: {m['load']} / {payload['load_after']}",
+        f"- Python {m['python']} ({m['implementation']})",
+        f"- httpx-resilience at commit {g['commit']}"
+        + (
+            f", with uncommitted changes in {', '.join(g['src_modified'])}"
+            if g["src_modified"]
+            else ""
+        ),
+        "- " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "",
+        "## Targets (issue 7)",
+        "",
+        render_targets(payload["targets"]),
+        "",
+    ]
+    for name in SECTIONS:
+        if name in payload["results"]:
+            section = payload["results"][name]
+            lines += [
+                f"## {TITLES[name]}",
+                "",
+                f"({section['seconds']:.0f} s; {section['params']})",
+                "",
+            ]
+            lines += [RENDER[name](section), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, fewer rounds")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, help="run only these sections"
+    )
+    args = parser.parse_args()
+    chosen = [s for s in SECTIONS if not args.only or s in args.only]
+    params = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    info = machine()
+    if info["load"][0] > 0.5 * (os.cpu_count() or 1):
+        log(f"note: load average {info['load']}: the machine is busy, expect noisy figures")
+    results: dict[str, Any] = {}
+    for name in chosen:
+        log(f"{TITLES[name]} ...")
+        results[name] = run_section(name, params[name])
+        print(f"\n## {TITLES[name]}\n\n{RENDER[name](results[name])}\n", flush=True)
+    payload = {
+        "quick": args.quick,
+        "sections": chosen,
+        "machine": info,
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions(),
+        "git": git_state(),
+        "seconds": time.perf_counter() - start,
+        "results": results,
+    }
+    payload["targets"] = targets(results)
+    print(f"## Targets\n\n{render_targets(payload['targets'])}\n")
+    print(f"total: {payload['seconds']:.0f} s")
+    out = HERE / "results"
+    out.mkdir(exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    if len(chosen) == len(SECTIONS):
+        (HERE / "RESULTS.md").write_text(results_md(payload))
+        log("wrote benchmarks/results/latest.json and benchmarks/RESULTS.md")
+    else:
+        log("wrote benchmarks/results/latest.json (RESULTS.md only after a run of every section)")
+
+
+if __name__ == "__main__":
+    main()
