@@ -6,7 +6,7 @@ runs here, in a child process, and the parent drives it over stdin/stdout,
 one JSON line each way:
 
     python benchmarks/_server.py --plan ok            # the fault server, every request 200
-    python benchmarks/_server.py --plan faults        # ~20% 503, 5% resets, 2% slow
+    python benchmarks/_server.py --plan faults --routes 800  # ~20% 503, 5% resets, 2% slow
     python benchmarks/_server.py --plan goaway        # HTTP/2 GOAWAY after every 20 requests
     python benchmarks/_server.py --hypercorn          # tests/servers.py (Hypercorn), for comparison
 
@@ -39,21 +39,25 @@ FAULT_MIX = {"503": 20, "reset": 5, "slow": 2}
 SLOW_SECONDS = 0.1
 
 
-def make_plan(name: str) -> Any:
+def make_plan(name: str, routes: int = 0) -> Any:
     from httpx_resilience.testing import Delay, FaultPlan, Reset, Respond, Weighted
 
     if name == "ok":
         return FaultPlan()
     if name == "faults":
         ok = 100 - sum(FAULT_MIX.values())
+        mix = Weighted(
+            (ok, Respond()),
+            (FAULT_MIX["503"], Respond(503)),
+            (FAULT_MIX["reset"], Reset()),  # TCP RST before any byte of the response
+            (FAULT_MIX["slow"], Delay(SLOW_SECONDS)),
+        )
+        # One route per logical request (/r/0, /r/1, ...): each route draws
+        # from a generator of its own, seeded from the path, so attempt k of
+        # request i meets the same outcome in every configuration, whatever
+        # the order in which concurrent requests arrive.
         return FaultPlan(
-            default=Weighted(
-                (ok, Respond()),
-                (FAULT_MIX["503"], Respond(503)),
-                (FAULT_MIX["reset"], Reset()),  # TCP RST before any byte of the response
-                (FAULT_MIX["slow"], Delay(SLOW_SECONDS)),
-            ),
-            seed=20240607,
+            routes={f"/r/{i}": mix for i in range(routes)}, default=mix, seed=20240607
         )
     if name == "goaway":
         return FaultPlan(goaway_every=20)
@@ -69,7 +73,7 @@ async def serve_fault(args: argparse.Namespace) -> None:
     from httpx_resilience.testing import FaultServer
 
     async with FaultServer(
-        make_plan(args.plan), http2=True, tls=True, max_lifetime=args.lifetime
+        make_plan(args.plan, args.routes), http2=True, tls=True, max_lifetime=args.lifetime
     ) as server:
         emit({"url": server.url, "ca": str(server.ca_path), "server": "fault server"})
         async with anyio.create_task_group() as tg:
@@ -147,6 +151,7 @@ def serve_hypercorn(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plan", default="ok", choices=["ok", "faults", "goaway"])
+    parser.add_argument("--routes", type=int, default=0, help="faults: one route per request")
     parser.add_argument("--hypercorn", action="store_true")
     parser.add_argument("--lifetime", type=float, default=900.0)
     args = parser.parse_args()

@@ -5,10 +5,13 @@ seeded generator, 20% ``503`` (no ``Retry-After``), 5% a TCP reset before
 any byte of the response (the server did the work; the answer is lost),
 2% a 0.1 s delay, the rest ``200``. A fixed workload of GETs and POSTs,
 shuffled with a seed, goes through each configuration from 10 concurrent
-tasks; each configuration gets a fresh server, so all see the same
-sequence of draws. Every logical request carries its own ``X-Request-ID``
-(set by the caller; our request-ID layer keeps it), so the server's
-records tell how many times each was received and processed.
+tasks. Each logical request has a route of its own in the plan, whose
+generator is seeded from its path: attempt k of request i meets the same
+outcome in every configuration, whatever the order of arrival, so the
+configurations are compared on identical faults. Every logical request
+carries its own ``X-Request-ID`` (set by the caller; our request-ID layer
+keeps it), so the server's records tell how many times each was received
+and processed.
 
 Scenario "GOAWAY" (HTTP/2 over TLS): the server ends every connection
 with a GOAWAY after 20 requests (as nginx does after
@@ -84,26 +87,39 @@ LABELS = {
 
 
 async def workload(
-    built: Built, url: str, jobs: list[tuple[str, str]], workers: int, timeout: float
+    built: Built,
+    url: str,
+    jobs: list[tuple[str, str]],
+    workers: int,
+    timeout: float,
+    per_request_paths: bool,
 ) -> dict[str, dict[str, Any]]:
-    """Send every (method, request ID) in ``jobs``; outcome and latency of each."""
+    """Send every (method, request ID) in ``jobs``; outcome and latency of each.
+
+    With ``per_request_paths`` the i-th job goes to ``/r/i``, the route of
+    its own in the server's plan.
+    """
     results: dict[str, dict[str, Any]] = {}
-    queue: collections.deque[tuple[str, str]] = collections.deque(jobs)
+    queue: collections.deque[tuple[int, tuple[str, str]]] = collections.deque(enumerate(jobs))
     async with httpx.AsyncClient(
         transport=built.transport, event_hooks=built.hooks, timeout=5.0
     ) as client:
 
         async def worker() -> None:
             while queue:
-                method, rid = queue.popleft()
+                index, (method, rid) = queue.popleft()
                 headers = {"X-Request-ID": rid}
+                if per_request_paths:
+                    target = f"{url}/r/{index}"
+                else:
+                    target = f"{url}/items" if method == "GET" else f"{url}/payments"
                 start = time.perf_counter()
                 try:
                     if method == "GET":
-                        response = await client.get(f"{url}/items", headers=headers)
+                        response = await client.get(target, headers=headers)
                     else:
                         response = await client.post(
-                            f"{url}/payments", headers=headers, json={"amount": 10, "id": rid}
+                            target, headers=headers, json={"amount": 10, "id": rid}
                         )
                     outcome = str(response.status_code)
                 except httpx.HTTPError as exc:
@@ -189,12 +205,21 @@ async def scenario(
     plan: str, http2: bool, keys: list[str], gets: int, posts: int, workers: int
 ) -> list[dict[str, Any]]:
     rows = []
+    per_request_paths = plan == "faults"
+    routes = ["--routes", str(gets + posts)] if per_request_paths else []
     for key in keys:
-        with ServerProcess("--plan", plan) as server:
+        with ServerProcess("--plan", plan, *routes) as server:
             built = build(key, server.ssl_context(), http2)
             jobs = jobs_for(key, gets, posts, seed=99)
             wall = time.perf_counter()
-            results = await workload(built, server.url, jobs, workers, timeout=120.0)
+            results = await workload(
+                built,
+                server.url,
+                jobs,
+                workers,
+                timeout=120.0,
+                per_request_paths=per_request_paths,
+            )
             wall = time.perf_counter() - wall
             await asyncio.sleep(0.2)  # let the server finish its records
             stats = server.command("stats")

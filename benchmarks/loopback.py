@@ -165,10 +165,22 @@ class Client:
             raise RuntimeError(f"no request succeeded: {self.last_error}")
         return count, wall, cpu
 
+    async def burst(self, concurrency: int) -> None:
+        """Exactly one request per task, all started at once (not timed)."""
+        responses = await asyncio.gather(
+            *(self.client.get(self.url) for _ in range(concurrency)), return_exceptions=True
+        )
+        for response in responses:
+            if isinstance(response, BaseException):
+                self.errors += 1
+                self.last_error = repr(response)
+                if not isinstance(response, httpx.HTTPError):
+                    raise response
+
     async def slice(self, seconds: float, concurrency: int) -> tuple[int, float, float]:
         """One timed slice, after a burst that reopens what the pool let expire
         since this client's previous slice (not timed)."""
-        await self.run(0.0, concurrency, min_requests=concurrency)
+        await self.burst(concurrency)
         return await self.run(seconds, concurrency, min_requests=slice_minimum(concurrency))
 
     async def aclose(self) -> None:
@@ -185,10 +197,14 @@ async def run(rounds: int, seconds: float, sdk: bool = False) -> dict[str, Any]:
             cells.append((name, http2, concurrency, keys))
         clients: dict[tuple[str, str], Client] = {}
         opened_life: dict[tuple[str, str], int] = {}
+        cold: dict[tuple[str, str], int] = {}
         for name, http2, concurrency, keys in cells:
             for key in keys:
                 before = server.command("stats")["connections"]
                 client = clients[name, key] = Client(key, server.url, server.ssl_context(), http2)
+                # Cold start: one request per task on a new client, all at once.
+                await client.burst(concurrency)
+                cold[name, key] = server.command("stats")["connections"] - before
                 await client.run(0.0, concurrency, min_requests=4 * concurrency + 20)  # warm up
                 opened_life[name, key] = server.command("stats")["connections"] - before
         server.command("clear")
@@ -199,16 +215,25 @@ async def run(rounds: int, seconds: float, sdk: bool = False) -> dict[str, Any]:
 
         async def measure(name: str, key: str, concurrency: int) -> float:
             client = clients[name, key]
-            # Reopen what the pool let expire since this client's last slice.
-            await client.run(0.0, concurrency, min_requests=concurrency)
+            # A burst first (untimed): it reopens what the pool let expire or
+            # closed since this client's last slice, as a burst of traffic
+            # after a pause does; then the timed slice, in steady state.
+            start = server.command("stats")["connections"]
+            await client.burst(concurrency)
             before = server.command("stats")["connections"]
             n, wall, cpu = await client.run(
                 seconds, concurrency, min_requests=slice_minimum(concurrency)
             )
             opened = server.command("stats")["connections"] - before
-            opened_life[name, key] += opened
+            opened_life[name, key] += opened + before - start
             samples[name, key].append(
-                {"rps": n / wall, "cpu_us": cpu / n * 1e6, "opened": opened, "n": n}
+                {
+                    "rps": n / wall,
+                    "cpu_us": cpu / n * 1e6,
+                    "opened": opened,
+                    "burst_opened": before - start,
+                    "n": n,
+                }
             )
             return n / wall
 
@@ -251,7 +276,9 @@ async def run(rounds: int, seconds: float, sdk: bool = False) -> dict[str, Any]:
                     "ratio": 1.0 if key == "bare" else median(ratios[name, key]),
                     "client_cpu_us": median([x["cpu_us"] for x in s]),
                     "opened_per_1k": 1000 * sum(x["opened"] for x in s) / requests,
+                    "opened_per_burst": sum(x["burst_opened"] for x in s) / len(s),
                     "opened_total": opened_life[name, key],
+                    "opened_cold_burst": cold[name, key],
                     "opened_metric": metric_opened.get((name, key)),
                     "errors": clients[name, key].errors,
                     "http_versions": sorted(clients[name, key].versions),
@@ -274,8 +301,9 @@ def render(result: dict[str, Any]) -> str:
             "req/s",
             "x bare (paired)",
             "client CPU µs/req",
+            "conns for a cold burst",
+            "opened /1k req steady",
             "conns opened (life)",
-            "opened /1k req",
             "errors",
         ],
         [
@@ -285,8 +313,9 @@ def render(result: dict[str, Any]) -> str:
                 r["requests_per_s"],
                 r["ratio"],
                 r["client_cpu_us"],
-                r["opened_total"],
+                r["opened_cold_burst"],
                 r["opened_per_1k"],
+                r["opened_total"],
                 r["errors"],
             ]
             for r in result["rows"]
