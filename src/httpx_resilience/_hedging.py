@@ -311,15 +311,11 @@ class HedgingTransport(Layer):
         self._clock = clock
         self._max_origins = max_origins
         self._windows: dict[Origin, LatencyWindow] = {}
-        meter = _otel.get_meter(meter_provider)
-        self._hedges = (
-            None
-            if meter is None
-            else meter.create_counter(
-                HEDGES_METRIC,
-                unit="{hedge}",
-                description="Extra attempts sent because an answer was late.",
-            )
+        self._hedges = _otel.counter(
+            meter_provider,
+            HEDGES_METRIC,
+            "{hedge}",
+            "Extra attempts sent because an answer was late.",
         )
 
     @property

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import _version
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Meter, MeterProvider
+    from opentelemetry.metrics import Counter, Meter, MeterProvider
     from opentelemetry.trace import Tracer, TracerProvider
 
 try:
@@ -48,6 +48,16 @@ def get_meter(meter_provider: MeterProvider | None = None) -> Meter | None:
     if _metrics is None:
         return None
     return _metrics.get_meter(SCOPE, _version.VERSION, meter_provider)
+
+
+def counter(
+    meter_provider: MeterProvider | None, name: str, unit: str, description: str
+) -> Counter | None:
+    """A counter of the library's meter, or ``None`` without OpenTelemetry."""
+    meter = get_meter(meter_provider)
+    if meter is None:
+        return None
+    return meter.create_counter(name, unit=unit, description=description)
 
 
 def current_span() -> Any:

@@ -122,15 +122,15 @@ class RetryTransport(Layer):
         self._retrying = AsyncRetrying(sleep=sleep)
         # Token buckets per budget configuration, then per origin.
         self._books: dict[RetryBudget, BudgetBook] = {}
-        meter = _otel.get_meter(meter_provider)
-        self._retries = (
-            None
-            if meter is None
-            else meter.create_counter(
-                RETRIES_METRIC,
-                unit="{retry}",
-                description="Re-sends of HTTP client requests, by the reason for each.",
-            )
+        self._own_book: BudgetBook | None = None
+        if self._policy.budget is not None:
+            self._own_book = BudgetBook(self._policy.budget, clock=clock)
+            self._books[self._policy.budget] = self._own_book
+        self._retries = _otel.counter(
+            meter_provider,
+            RETRIES_METRIC,
+            "{retry}",
+            "Re-sends of HTTP client requests, by the reason for each.",
         )
 
     @property
@@ -186,7 +186,9 @@ class RetryTransport(Layer):
         """Count the request in its origin's retry budget, and lend the budget inward."""
         if policy.budget is None:
             return None
-        book = self._books.get(policy.budget)
+        # The layer's own policy keeps its book at hand: hashing the frozen
+        # budget on every request costs more than the deposit itself.
+        book = self._own_book if policy is self._policy else self._books.get(policy.budget)
         if book is None:
             book = self._books[policy.budget] = BudgetBook(policy.budget, clock=self._clock)
         origin = origin_of(request.url)
