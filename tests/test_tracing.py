@@ -640,6 +640,100 @@ async def test_without_the_sdk_nothing_is_recorded_and_the_parent_is_propagated(
         await failing.handle_async_request(httpx.Request("GET", URL))
 
 
+async def test_a_meter_without_a_tracer_still_times_the_whole_body(
+    telemetry: Telemetry,
+) -> None:
+    body = SlowBody([b"a" * 10, b"b" * 10])
+    transport = TracingTransport(
+        httpx.MockTransport(lambda request: httpx.Response(200, stream=body)),
+        tracer_provider=NoOpTracerProvider(),
+        meter_provider=telemetry.meter_provider,
+    )
+    async with (
+        httpx.AsyncClient(transport=transport) as client,
+        client.stream("GET", URL) as response,
+    ):
+        assert telemetry.durations() == []  # the body is still to come
+        assert await response.aread() == b"a" * 10 + b"b" * 10
+    [point] = telemetry.durations()
+    assert point.count == 1
+    assert dict(point.attributes) == {
+        "http.request.method": "GET",
+        "http.response.status_code": 200,
+        "server.address": "api.example.com",
+        "server.port": 443,
+    }
+    assert telemetry.spans() == []
+
+
+GLOBAL_PROVIDERS_SET_LATER = textwrap.dedent(
+    """
+    import anyio, httpx
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from httpx_resilience import TracingTransport
+
+    sent = []
+
+    def handler(request):
+        sent.append(dict(request.headers))
+        return httpx.Response(200, content=b"ok")
+
+    # Built at import time, before the application sets up OpenTelemetry.
+    client = httpx.AsyncClient(transport=TracingTransport(httpx.MockTransport(handler)))
+
+    def durations(reader):
+        return [
+            point.count
+            for resource in reader.get_metrics_data().resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name == "http.client.request.duration"
+            for point in metric.data.data_points
+        ]
+
+    async def main():
+        await client.get("https://api.example.com/before")
+        # Metrics first, with no tracer: the durations must still be recorded.
+        reader = InMemoryMetricReader()
+        metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+        response = await client.get("https://api.example.com/metered")
+        assert response.content == b"ok"
+        assert durations(reader) == [1]
+        exporter = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(tracer_provider)
+        await client.get("https://api.example.com/traced")
+        [span] = exporter.get_finished_spans()
+        assert span.attributes["url.full"] == "https://api.example.com/traced", span.attributes
+        assert durations(reader) == [2]
+        assert ["traceparent" in headers for headers in sent] == [False, False, True], sent
+
+    anyio.run(main)
+    print("ok")
+    """
+)
+
+
+def test_global_providers_set_after_the_transport_was_built_are_used() -> None:
+    # Without an SDK an attempt skips all telemetry work; it must notice the
+    # providers the application sets later. A subprocess: globals are set once.
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", GLOBAL_PROVIDERS_SET_LATER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 # --- the OpenTelemetry httpx instrumentation ----------------------------------
 
 

@@ -24,6 +24,12 @@ except ImportError:  # pragma: no cover - exercised by the no-otel install test
 
 OTEL_AVAILABLE = _trace is not None
 
+_NOOP_INSTRUMENTS: tuple[type, ...] = (
+    ()
+    if _metrics is None
+    else (_metrics.NoOpCounter, _metrics.NoOpHistogram, _metrics.NoOpUpDownCounter)
+)
+
 SCOPE = "httpx_resilience"
 
 #: Bucket boundaries (seconds) the HTTP and DNS semantic conventions advise.
@@ -58,6 +64,19 @@ def counter(
     if meter is None:
         return None
     return meter.create_counter(name, unit=unit, description=description)
+
+
+def may_record(instrument: Any) -> bool:
+    """Whether a measurement on ``instrument`` can reach a meter that keeps it.
+
+    ``False`` for the API's no-op instruments, and for the instruments of the
+    global meter provider while none is set: OpenTelemetry's proxy holds the
+    real instrument, once a provider is set, in ``_real_instrument``. Should
+    that name ever change, the answer is ``True`` (measure as usual), never
+    a lost measurement.
+    """
+    real = getattr(instrument, "_real_instrument", instrument)
+    return real is not None and not isinstance(real, _NOOP_INSTRUMENTS)
 
 
 def current_span() -> Any:

@@ -126,12 +126,14 @@ class RequestIdTransport(Layer):
         self._new_id = new_id if new_id is new_request_id else _checked(new_id)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        value = request.headers.get(self._header)
-        if value is None:
-            value = _bound.get()
-            if value is None:
-                value = self._new_id()
-            request.headers[self._header] = value
+        # "in" first: headers.get() of an absent header costs a KeyError in httpx.
+        headers = request.headers
+        if self._header in headers:
+            value = headers[self._header]
+        else:
+            bound = _bound.get()
+            value = self._new_id() if bound is None else bound
+            headers[self._header] = value
         if not self._sensitive:
             request.extensions[REQUEST_ID] = value
             request.extensions[REQUEST_ID_HEADER] = self._header_key

@@ -122,8 +122,24 @@ class TracingTransport(Layer):
             method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT
         )
         recording = span.is_recording()
+        if not (recording or parent or _otel.may_record(self._duration)):
+            # Nothing would be recorded or passed on (the API without an SDK,
+            # the usual case): the attempt costs its no-op span and no more.
+            try:
+                return await self._transport.handle_async_request(request)
+            finally:
+                span.end()
+        # The attributes a span and its duration point share, built once.
+        url = request.url
+        common: dict[str, Any] = {
+            HTTP_REQUEST_METHOD: method_attribute(method),
+            SERVER_ADDRESS: url.host,
+        }
+        port = server_port(url)
+        if port is not None:
+            common[SERVER_PORT] = port
         if recording:
-            span.set_attributes(self._request_attributes(request, attempts.count))
+            span.set_attributes(self._request_attributes(request, common, attempts.count))
         token = None
         if recording or parent:
             context = _oc.set_value(
@@ -131,7 +147,7 @@ class TracingTransport(Layer):
             )
             attempts.inject(request.headers, context, self._inject)
             token = _oc.attach(context)
-        attempt = _Attempt(self._duration, span, recording, request)
+        attempt = _Attempt(self._duration, span, recording, common)
         try:
             response = await self._transport.handle_async_request(request)
         except BaseException as exc:
@@ -148,17 +164,12 @@ class TracingTransport(Layer):
             response.stream = _TracedStream(cast(httpx.AsyncByteStream, response.stream), attempt)
         return response
 
-    def _request_attributes(self, request: httpx.Request, count: int) -> dict[str, Any]:
-        url = request.url
+    def _request_attributes(
+        self, request: httpx.Request, common: dict[str, Any], count: int
+    ) -> dict[str, Any]:
         method = request.method
-        attributes: dict[str, Any] = {
-            HTTP_REQUEST_METHOD: method_attribute(method),
-            URL_FULL: redact_url(url, self._sensitive),
-            SERVER_ADDRESS: url.host,
-        }
-        port = server_port(url)
-        if port is not None:
-            attributes[SERVER_PORT] = port
+        attributes = dict(common)
+        attributes[URL_FULL] = redact_url(request.url, self._sensitive)
         if method not in KNOWN_METHODS:
             attributes[HTTP_REQUEST_METHOD_ORIGINAL] = method
         if count > 1:
@@ -210,10 +221,10 @@ class _Attempt:
     """One attempt's span and duration, ended exactly once."""
 
     __slots__ = (
+        "_common",
         "_done",
         "_histogram",
         "_recording",
-        "_request",
         "_span",
         "_start",
         "_start_ns",
@@ -222,12 +233,13 @@ class _Attempt:
     )
 
     def __init__(
-        self, histogram: Histogram, span: Span, recording: bool, request: httpx.Request
+        self, histogram: Histogram, span: Span, recording: bool, common: dict[str, Any]
     ) -> None:
         self._histogram = histogram
         self._span = span
         self._recording = recording
-        self._request = request
+        # Method, server address and port: the duration point's first attributes.
+        self._common = common
         self._status: int | None = None
         self._version: str | None = None
         self._done = False
@@ -293,15 +305,7 @@ class _Attempt:
         self._histogram.record(elapsed, self._metric_attributes(error))
 
     def _metric_attributes(self, error: str | None) -> dict[str, Any]:
-        request = self._request
-        url = request.url
-        attributes: dict[str, Any] = {
-            HTTP_REQUEST_METHOD: method_attribute(request.method),
-            SERVER_ADDRESS: url.host,
-        }
-        port = server_port(url)
-        if port is not None:
-            attributes[SERVER_PORT] = port
+        attributes = dict(self._common)
         if self._status is not None:
             attributes[HTTP_RESPONSE_STATUS_CODE] = self._status
         if self._version is not None:
