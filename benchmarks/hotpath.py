@@ -362,6 +362,22 @@ COMMON_IMPORTS = (
 )
 
 
+def _settle_heap() -> None:
+    """Set aside every object alive after the warm-up from the garbage collector.
+
+    Its full passes walk every tracked object, so whether one falls inside
+    the counted requests, and how long it takes, depends on all the process
+    has imported and built, not on the code under test: a few million
+    instructions that land in one configuration's window and not in
+    another's. Frozen, the passes see only what the counted requests
+    allocate, which is the collector's share of their cost.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def _count_child(key: str, n: int) -> None:
     """Run under valgrind: the same imports and warm-up, then ``n`` GETs through ``key``."""
     import importlib
@@ -377,6 +393,7 @@ def _count_child(key: str, n: int) -> None:
             client, built = overhead.make_client(key)
         for _ in range(200):
             await client.get(URL)
+        _settle_heap()
         for _ in range(n):
             await client.get(URL)
         if built.sdk:
@@ -615,15 +632,20 @@ LOOPBACK_CASES = [
 
 
 def _loopback_child(url: str, ca: str, key: str, http2: bool, concurrency: int, n: int) -> None:
+    import importlib
     import ssl
 
     import loopback
+
+    for module in COMMON_IMPORTS:
+        importlib.import_module(module)
 
     async def go() -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.load_verify_locations(ca)
         client = loopback.Client(key, url, context, http2)
         await client.run(0.0, concurrency, min_requests=100)
+        _settle_heap()
         if n:
             await client.run(0.0, concurrency, min_requests=n)
         await client.aclose()
@@ -631,18 +653,19 @@ def _loopback_child(url: str, ca: str, key: str, http2: bool, concurrency: int, 
     asyncio.run(go())
 
 
-def loopback_instructions_report(n: int = 400) -> str:
+def loopback_instructions(
+    cases: list[tuple[str, bool, int]] = LOOPBACK_CASES, n: int = 400
+) -> dict[tuple[str, bool, int], float]:
     """Client instructions per request against the fault server (its own
-    process, not counted), one case after another."""
+    process, not counted), one case after another; bare first in each cell."""
     import re
     import subprocess
 
     from _common import ServerProcess
 
-    rows = []
+    found: dict[tuple[str, bool, int], float] = {}
     with ServerProcess("--plan", "ok") as server:
-        found: dict[tuple[str, bool, int], float] = {}
-        for key, http2, concurrency in LOOPBACK_CASES:
+        for key, http2, concurrency in cases:
             totals = []
             for requests in (0, n):
                 proc = subprocess.run(
@@ -671,10 +694,19 @@ def loopback_instructions_report(n: int = 400) -> str:
                 if proc.returncode != 0 or not match:
                     raise RuntimeError(f"valgrind run failed for {key}:\n{proc.stderr[-2000:]}")
                 totals.append(int(match.group(1).replace(",", "")))
-            found[key, http2, concurrency] = value = (totals[1] - totals[0]) / n
-            bare = found[("bare", http2, concurrency)]
-            cell = f"HTTP/{'2' if http2 else '1.1'}, {'sequential' if concurrency == 1 else f'{concurrency} concurrent'}"
-            rows.append([cell, key, value / 1000, value / bare])
+            found[key, http2, concurrency] = (totals[1] - totals[0]) / n
+    return found
+
+
+def loopback_instructions_report(
+    cases: list[tuple[str, bool, int]] = LOOPBACK_CASES, n: int = 400
+) -> str:
+    rows = []
+    found = loopback_instructions(cases, n)
+    for (key, http2, concurrency), value in found.items():
+        bare = found[("bare", http2, concurrency)]
+        cell = f"HTTP/{'2' if http2 else '1.1'}, {'sequential' if concurrency == 1 else f'{concurrency} concurrent'}"
+        rows.append([cell, key, value / 1000, value / bare])
     return (
         f"Client CPU instructions per request on loopback (valgrind, {n} requests; the server "
         "is not counted):\n" + table(["cell", "configuration", "k instr/req", "x bare"], rows)
@@ -694,7 +726,12 @@ def main() -> None:
         _loopback_child(url, ca, key, http2 == "1", int(concurrency), int(n))
         return
     if args and args[0] == "loopback-instructions":
-        print(loopback_instructions_report())
+        # Optionally one cell: "h1" or "h2", then the concurrency (1 or 50).
+        cases = LOOPBACK_CASES
+        if len(args) == 3:
+            http2, concurrency = args[1] == "h2", int(args[2])
+            cases = [c for c in LOOPBACK_CASES if c[1:] == (http2, concurrency)]
+        print(loopback_instructions_report(cases))
         return
     if args and args[0] == "pieces":
         print(pieces_report())

@@ -341,11 +341,18 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
         stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
-        guarded = GoawayGuardStream(stream, self._state)
         ssl_object = stream.get_extra_info("ssl_object")
-        guarded._decided = True
-        if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+        protocol = None if ssl_object is None else ssl_object.selected_alpn_protocol()
+        if protocol is not None and protocol != "h2":
+            # HTTP/1.1 (or another protocol without GOAWAY): httpcore gets the
+            # TLS stream itself, and every read and write skips the guard.
+            return stream
+        guarded = GoawayGuardStream(stream, self._state)
+        if protocol == "h2":
+            guarded._decided = True
             guarded._watch = H2Watch(self._state)
+        # Without ALPN the first write decides, as on plain TCP: HTTP/2 by
+        # prior knowledge starts with the preface.
         return guarded
 
     def get_extra_info(self, info: str) -> typing.Any:
@@ -387,60 +394,49 @@ class _GuardingBackend(httpcore.AsyncNetworkBackend):
         await self._backend.sleep(seconds)
 
 
-class GuardedConnection(httpcore.AsyncConnectionInterface):
-    """A pool connection that takes no new requests once its server said GOAWAY."""
+class GuardedConnection(httpcore.AsyncHTTPConnection):
+    """A pool connection that takes no new requests once its server said GOAWAY.
 
-    def __init__(self, connection: httpcore.AsyncConnectionInterface, state: GoawayState) -> None:
-        self._connection = connection
-        self._state = state
+    A subclass rather than a wrapper: the pool asks every connection whether
+    it is closed, expired, idle or available around every request, and only
+    the last two answers change here.
+    """
+
+    def __init__(self, *, state: GoawayState, **options: typing.Any) -> None:
+        super().__init__(**options)
+        self._goaway = state
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         try:
-            return await self._connection.handle_async_request(request)
+            return await super().handle_async_request(request)
         except httpcore.ProtocolError as exc:
+            state = self._goaway
             detail = exc.args[0] if exc.args else None
             if isinstance(detail, h2.exceptions.TooManyStreamsError):
                 # h2's count of open streams and httpcore's disagree
                 # (encode/httpcore#943): new requests go to a fresh connection.
-                self._state.draining = True
+                state.draining = True
             # A stream we refused after GOAWAY fails either with the reset we
             # injected or, if httpcore was still sending its body, with h2's
             # StreamClosedError: either way, say what really happened.
             stream_id = getattr(detail, "stream_id", None)
-            last = self._state.last_stream_id
+            last = state.last_stream_id
             if (
                 isinstance(detail, (h2.events.StreamReset, h2.exceptions.StreamClosedError))
-                and stream_id in self._state.refused
+                and stream_id in state.refused
                 and last is not None
             ):
                 raise httpcore.RemoteProtocolError(AboveLastStream(stream_id, last)) from exc
             raise
 
-    async def aclose(self) -> None:
-        await self._connection.aclose()
-
-    def info(self) -> str:
-        return self._connection.info()
-
-    def can_handle_request(self, origin: httpcore.Origin) -> bool:
-        return self._connection.can_handle_request(origin)
-
     def is_available(self) -> bool:
-        return not self._state.draining and self._connection.is_available()
+        return not self._goaway.draining and super().is_available()
 
     def has_expired(self) -> bool:
-        return self._connection.has_expired() or (
-            self._state.draining and self._connection.is_idle()
-        )
-
-    def is_idle(self) -> bool:
-        return self._connection.is_idle()
-
-    def is_closed(self) -> bool:
-        return self._connection.is_closed()
+        return super().has_expired() or (self._goaway.draining and self.is_idle())
 
     def __repr__(self) -> str:
-        return f"<GuardedConnection {self._connection!r}>"
+        return f"<GuardedConnection {super().__repr__()}>"
 
 
 class GuardedConnectionPool(httpcore.AsyncConnectionPool):
@@ -492,12 +488,12 @@ class GuardedConnectionPool(httpcore.AsyncConnectionPool):
 
     def create_connection(self, origin: httpcore.Origin) -> httpcore.AsyncConnectionInterface:
         state = GoawayState()
-        connection = httpcore.AsyncHTTPConnection(
+        return GuardedConnection(
+            state=state,
             origin=origin,
             network_backend=_GuardingBackend(self._backend, state),
             **self._connection_options,
         )
-        return GuardedConnection(connection, state)
 
 
 def unprocessed_reason(exc: BaseException) -> str | None:
