@@ -93,6 +93,19 @@ def run_section(name: str, params: dict[str, Any]) -> dict[str, Any]:
         import hotpath
 
         text, result = hotpath.instructions_report(INSTRUCTION_KEYS, **params)
+        # And the client's instructions against a real server, HTTP/1.1 sequential.
+        cases = [(key, False, 1) for key in ("bare", "http_transport", "full_noop")]
+        loopback_counts = hotpath.loopback_instructions(cases, n=max(100, params["n"] // 3))
+        result["loopback_h1_sequential"] = {key: v for (key, _, _), v in loopback_counts.items()}
+        bare_h1 = loopback_counts[("bare", False, 1)]
+        text += (
+            "\n\nClient CPU instructions per request on loopback, HTTP/1.1 sequential "
+            "(valgrind; the server is not counted):\n"
+            + table(
+                ["configuration", "k instr/req", "x bare"],
+                [[key, v / 1000, v / bare_h1] for (key, _, _), v in loopback_counts.items()],
+            )
+        )
         result["text"] = text
     else:
         raise KeyError(name)
@@ -177,6 +190,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "(deterministic) full stack, SDK: <= 1/2 the added instructions of the peers (SDK)",
                 f"{mine / 1000:+.0f}k vs {theirs / 1000:+.0f}k ({mine / theirs:.2f} of it)",
                 mine <= 0.5 * theirs,
+            )
+        h1_counts = results["instructions"].get("loopback_h1_sequential", {})
+        if "bare" in h1_counts and "full_noop" in h1_counts:
+            ratio = h1_counts["full_noop"] / h1_counts["bare"]
+            add(
+                "(deterministic) full stack, no-op: <= 1.05x bare client CPU instructions, "
+                "loopback HTTP/1.1",
+                f"{ratio:.3f}x ({(h1_counts['full_noop'] - h1_counts['bare']) / 1000:+.0f}k on "
+                f"{h1_counts['bare'] / 1000:.0f}k; our base transport alone "
+                f"{h1_counts['http_transport'] / h1_counts['bare']:.3f}x)",
+                ratio <= 1.05,
             )
     if "loopback" in results:
         rows = results["loopback"]["rows"]

@@ -269,6 +269,7 @@ async def test_connect_error_gives_a_span_with_error_type_and_a_duration(
     [span] = telemetry.spans()
     assert span.status.status_code is StatusCode.ERROR
     assert attrs(span)["error.type"] == "ConnectError"
+    assert attrs(span)["url.full"] == f"http://127.0.0.1:{closed_port}/x"
     assert "http.response.status_code" not in attrs(span)
     assert [event.name for event in span.events] == ["exception"]
     [point] = telemetry.durations()
@@ -407,6 +408,9 @@ async def test_cancelled_attempt_is_not_an_error(telemetry: Telemetry) -> None:
     [span] = telemetry.spans()
     assert span.status.status_code is StatusCode.UNSET
     assert "error.type" not in attrs(span)
+    # What was being sent is still on the span.
+    assert attrs(span)["http.request.method"] == "GET"
+    assert attrs(span)["url.full"] == URL
     assert span.events == ()
     assert telemetry.durations() == []
 

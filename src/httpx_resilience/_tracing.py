@@ -138,8 +138,10 @@ class TracingTransport(Layer):
         port = server_port(url)
         if port is not None:
             common[SERVER_PORT] = port
-        if recording:
-            span.set_attributes(self._request_attributes(request, common, attempts.count))
+        # Set on the span together with the response's, in one call.
+        attributes = (
+            self._request_attributes(request, common, attempts.count) if recording else None
+        )
         token = None
         if recording or parent:
             context = _oc.set_value(
@@ -147,7 +149,7 @@ class TracingTransport(Layer):
             )
             attempts.inject(request.headers, context, self._inject)
             token = _oc.attach(context)
-        attempt = _Attempt(self._duration, span, recording, common)
+        attempt = _Attempt(self._duration, span, attributes, common)
         try:
             response = await self._transport.handle_async_request(request)
         except BaseException as exc:
@@ -221,6 +223,7 @@ class _Attempt:
     """One attempt's span and duration, ended exactly once."""
 
     __slots__ = (
+        "_attributes",
         "_common",
         "_done",
         "_histogram",
@@ -233,11 +236,17 @@ class _Attempt:
     )
 
     def __init__(
-        self, histogram: Histogram, span: Span, recording: bool, common: dict[str, Any]
+        self,
+        histogram: Histogram,
+        span: Span,
+        attributes: dict[str, Any] | None,
+        common: dict[str, Any],
     ) -> None:
         self._histogram = histogram
         self._span = span
-        self._recording = recording
+        # A recording span's request attributes, until they are set.
+        self._attributes = attributes
+        self._recording = recording = attributes is not None
         # Method, server address and port: the duration point's first attributes.
         self._common = common
         self._status: int | None = None
@@ -250,9 +259,11 @@ class _Attempt:
     def received(self, response: httpx.Response) -> None:
         status = self._status = response.status_code
         version = self._version = protocol_version(response.extensions.get("http_version"))
-        if not self._recording:
+        attributes = self._attributes
+        if attributes is None:
             return
-        attributes: dict[str, Any] = {HTTP_RESPONSE_STATUS_CODE: status}
+        self._attributes = None
+        attributes[HTTP_RESPONSE_STATUS_CODE] = status
         if version is not None:
             attributes[NETWORK_PROTOCOL_VERSION] = version
         stream = response.extensions.get("network_stream")
@@ -287,6 +298,9 @@ class _Attempt:
         self._done = True
         elapsed = time.perf_counter() - self._start
         span = self._span
+        if self._attributes is not None:
+            span.set_attributes(self._attributes)  # no response came
+            self._attributes = None
         if exc is not None and not isinstance(exc, Exception):
             # Cancelled (or interrupted): the caller gave up, the request did
             # not fail. Neither an error nor a duration worth recording.
