@@ -25,6 +25,7 @@ requests after the same warm-up) and the difference is divided by N.
     python benchmarks/hotpath.py instructions [KEY ...]
     python benchmarks/hotpath.py pieces               # each piece of the happy path, counted
     python benchmarks/hotpath.py loopback-instructions  # client instructions/request on loopback
+    python benchmarks/hotpath.py loopback-instructions h1 1  # one cell (h1/h2, 1/50 tasks)
 """
 
 from __future__ import annotations

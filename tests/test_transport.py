@@ -94,6 +94,37 @@ def _assert_phases_add_up(timings: Timings) -> None:
     assert parts == pytest.approx(timings.total, abs=0.01)
 
 
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
+async def test_the_servers_think_time_is_the_wait(servers: ServerThread, http2: bool) -> None:
+    transport = HTTPTransport(verify=servers.ssl_context, http2=http2)
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get(servers.tls_url + "/echo")  # the connection, out of the way
+        response = await client.get(servers.tls_url + "/delay?seconds=0.2")
+    assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+    timings = response.extensions["timings"]
+    assert timings.wait >= 0.2
+    assert timings.send < 0.1
+    _assert_phases_add_up(timings)
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["http1.1", "http2"])
+async def test_a_slow_upload_is_the_send(servers: ServerThread, http2: bool) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"a" * 1000
+        await anyio.sleep(0.2)
+        yield b"b" * 1000
+
+    transport = HTTPTransport(verify=servers.ssl_context, http2=http2)
+    async with httpx.AsyncClient(transport=transport) as client:
+        await client.get(servers.tls_url + "/echo")  # the connection, out of the way
+        response = await client.post(servers.tls_url + "/echo", content=body())
+    assert response.http_version == ("HTTP/2" if http2 else "HTTP/1.1")
+    timings = response.extensions["timings"]
+    assert timings.send >= 0.2
+    assert timings.wait < 0.1
+    _assert_phases_add_up(timings)
+
+
 async def test_ip_address_has_no_dns_figure(servers: ServerThread) -> None:
     async with httpx.AsyncClient(transport=HTTPTransport()) as client:
         response = await client.get(servers.http_url + "/echo")

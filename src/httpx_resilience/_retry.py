@@ -17,7 +17,7 @@ from ._breaker import CIRCUIT_EXTENSION
 from ._budget import BUDGET_EXTENSION, BudgetBook, Origin, RetryBudget, origin_of
 from ._goaway import unprocessed_reason
 from ._layer import Layer
-from ._options import request_options
+from ._options import EXTENSION, request_options
 from ._request_id import REQUEST_ID
 from ._retry_policy import (
     DEFAULT_POLICY,
@@ -138,9 +138,14 @@ class RetryTransport(Layer):
         return self._policy
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        options = request_options(request)
-        policy = self._policy_for(options)
-        deadline = options.get("deadline", None if policy is None else policy.deadline)
+        policy: RetryPolicy | None
+        if EXTENSION not in request.extensions:  # no per-request options: the usual case
+            policy = self._policy
+            deadline = policy.deadline
+        else:
+            options = request_options(request)
+            policy = self._policy_for(options)
+            deadline = options.get("deadline", None if policy is None else policy.deadline)
         if deadline is not None:
             return await self._within_deadline(request, policy, _check_deadline(deadline))
         # Decided before the first attempt: a transport may swap in a

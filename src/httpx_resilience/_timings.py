@@ -110,9 +110,15 @@ _READY = 4
 _SEND = 5
 _WAIT = 6
 _HEADERS = 7
+_SENT = 8
+_HEADERS_SENT = 9
 _EVENTS = {
     "http11.send_request_headers.started": _SEND,
     "http2.send_request_headers.started": _SEND,
+    "http11.send_request_headers.complete": _HEADERS_SENT,
+    "http2.send_request_headers.complete": _HEADERS_SENT,
+    "http11.send_request_body.complete": _SENT,
+    "http2.send_request_body.complete": _SENT,
     "http11.receive_response_headers.started": _WAIT,
     "http2.receive_response_headers.started": _WAIT,
     "http11.receive_response_headers.complete": _HEADERS,
@@ -133,15 +139,29 @@ _EVENTS = {
 }
 
 
+_BODY_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether httpcore sends a body after these request headers (as it decides)."""
+    return any(name.lower() in _BODY_HEADERS for name, _ in headers)
+
+
 class TimingsRecorder:
     """httpcore's ``trace`` callback for one attempt; ``finish()`` gives its ``Timings``.
 
     It forwards every event to the caller's own ``trace`` callback, if any.
     Only the request that opens a connection sees the connection events; a
     request without them ran on a connection that was already there.
+
+    Without a caller's callback it leaves ``extensions`` (the dict httpcore
+    reads the callback from) once the request is sent: the wait ends when
+    the pool hands back the response, and each later event would cost a
+    call for nothing.
     """
 
     __slots__ = (
+        "_bodiless",
         "_clock",
         "_connect_start",
         "_headers",
@@ -152,6 +172,7 @@ class TimingsRecorder:
         "_stream",
         "_wait",
         "chained",
+        "extensions",
     )
 
     def __init__(
@@ -170,6 +191,8 @@ class TimingsRecorder:
         self._send: float | None = None
         self._wait: float | None = None
         self._headers: float | None = None
+        self.extensions: dict[str, Any] | None = None
+        self._bodiless = False
         self._start = clock()
 
     async def __call__(self, name: str, info: dict[str, Any]) -> None:
@@ -179,10 +202,14 @@ class TimingsRecorder:
             # The three events every request sees come first.
             if event == _SEND:
                 self._send = now
+                self._bodiless = not _has_body(info["request"].headers)
                 if self._connect_start is not None:
                     self._opened(now - self._connect_start)
-            elif event == _WAIT:
-                self._wait = now
+            elif event == _HEADERS_SENT:
+                if self._bodiless:  # sent with its headers
+                    self._sent(now)
+            elif event in (_SENT, _WAIT):
+                self._sent(now)
             elif event == _HEADERS:
                 self._headers = now
             elif event == _CONNECT_STARTED:
@@ -201,6 +228,11 @@ class TimingsRecorder:
                 self._connect_start = None
         if self.chained is not None:
             await self.chained(name, info)
+
+    def _sent(self, now: float) -> None:
+        self._wait = now
+        if self.chained is None and self.extensions is not None:
+            self.extensions["trace"] = None
 
     def _opened(self, seconds: float) -> None:
         # The connection is about to carry its first bytes of HTTP: setup is over.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
@@ -106,7 +106,10 @@ class TracingTransport(Layer):
         self._inject: Callable[..., None] = _oc.inject if propagator is None else propagator.inject
         self._sensitive = frozenset(sensitive_query_parameters)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    # A plain method returning a coroutine: when nothing records, the caller
+    # awaits the inner transport's coroutine itself, and no frame of this
+    # layer sits in the chain that every I/O wait of the request resumes.
+    def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
         attempts = request.extensions.get(_ATTEMPTS)
         if attempts is None:
             attempts = request.extensions[_ATTEMPTS] = _Attempts()
@@ -116,7 +119,7 @@ class TracingTransport(Layer):
         # An empty context (the usual case without the SDK) cannot hold a key
         # that suppresses us, nor a trace or baggage to pass on.
         if parent and _suppressed(parent):
-            return await self._transport.handle_async_request(request)
+            return self._transport.handle_async_request(request)
         method = request.method
         span = self._tracer.start_span(
             method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT
@@ -124,11 +127,20 @@ class TracingTransport(Layer):
         recording = span.is_recording()
         if not (recording or parent or _otel.may_record(self._duration)):
             # Nothing would be recorded or passed on (the API without an SDK,
-            # the usual case): the attempt costs its no-op span and no more.
-            try:
-                return await self._transport.handle_async_request(request)
-            finally:
-                span.end()
+            # the usual case): the attempt costs its span, which does not
+            # record and so has nothing to end, and no more.
+            return self._transport.handle_async_request(request)
+        return self._traced(request, attempts, parent, span, recording)
+
+    async def _traced(
+        self,
+        request: httpx.Request,
+        attempts: _Attempts,
+        parent: Context,
+        span: Span,
+        recording: bool,
+    ) -> httpx.Response:
+        method = request.method
         # The attributes a span and its duration point share, built once.
         url = request.url
         common: dict[str, Any] = {

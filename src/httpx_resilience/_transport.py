@@ -211,7 +211,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         )
         # A copy: the caller's request may be sent again (retries), and must
         # not carry this attempt's recorder.
-        extensions = {**request.extensions, "trace": recorder}
+        extensions = recorder.extensions = {**request.extensions, "trace": recorder}
         url = request.url
         core_request = httpcore.Request(
             method=request.method,
