@@ -724,11 +724,10 @@ GLOBAL_PROVIDERS_SET_LATER = textwrap.dedent(
 )
 
 
-def test_global_providers_set_after_the_transport_was_built_are_used() -> None:
-    # Without an SDK an attempt skips all telemetry work; it must notice the
-    # providers the application sets later. A subprocess: globals are set once.
+def run_script(script: str) -> None:
+    """Run ``script`` in a fresh interpreter (warnings are errors); it prints "ok"."""
     result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", GLOBAL_PROVIDERS_SET_LATER],
+        [sys.executable, "-W", "error", "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
@@ -736,6 +735,12 @@ def test_global_providers_set_after_the_transport_was_built_are_used() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_global_providers_set_after_the_transport_was_built_are_used() -> None:
+    # Without an SDK an attempt skips all telemetry work; it must notice the
+    # providers the application sets later. A subprocess: globals are set once.
+    run_script(GLOBAL_PROVIDERS_SET_LATER)
 
 
 # --- the OpenTelemetry httpx instrumentation ----------------------------------
@@ -858,12 +863,4 @@ NO_OTEL = textwrap.dedent(
 
 
 def test_package_works_without_opentelemetry() -> None:
-    result = subprocess.run(
-        [sys.executable, "-W", "error", "-c", NO_OTEL],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    run_script(NO_OTEL)

@@ -202,7 +202,8 @@ class TimingsRecorder:
             # The three events every request sees come first.
             if event == _SEND:
                 self._send = now
-                self._bodiless = not _has_body(info["request"].headers)
+                sending = info.get("request")
+                self._bodiless = sending is not None and not _has_body(sending.headers)
                 if self._connect_start is not None:
                     self._opened(now - self._connect_start)
             elif event == _HEADERS_SENT:
