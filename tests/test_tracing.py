@@ -781,8 +781,12 @@ async def test_stacked_tracing_layers_trace_each_attempt_once(telemetry: Telemet
     transport = telemetry.tracing(telemetry.tracing(script.transport()))
     async with httpx.AsyncClient(transport=transport) as client:
         await client.get(URL)
-    assert len(telemetry.spans()) == 1
+    [span] = telemetry.spans()
     assert sum(point.count for point in telemetry.durations()) == 1
+    # The inner layer neither counts a re-send nor takes the outer's header back.
+    assert "http.request.resend_count" not in attrs(span)
+    [sent] = script.requests
+    assert sent.headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
 
 
 async def test_suppressed_context_is_not_traced(telemetry: Telemetry) -> None:

@@ -6,6 +6,7 @@ and a fake network where exact figures matter.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -19,6 +20,7 @@ import anyio
 import httpcore
 import httpx
 import pytest
+from anyio.abc import SocketAttribute, SocketStream
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -543,6 +545,48 @@ async def test_http_proxy_connection_goes_through_the_timed_backend(
     assert timings.dns is None  # the proxy is an IP address
     assert timings.connect is not None
     assert not timings.connection_reused
+
+
+async def test_https_through_a_proxy_times_the_request_not_the_connect(
+    servers: ServerThread,
+) -> None:
+    # A CONNECT proxy that takes 0.2 s to open its tunnel, to the test server.
+    async def tunnel(client: SocketStream) -> None:
+        async with client:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await client.receive()
+            await anyio.sleep(0.2)
+            async with await anyio.connect_tcp("127.0.0.1", servers.tls_port) as origin:
+                await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+                async def pipe(
+                    source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream
+                ) -> None:
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                        async for chunk in source:
+                            await sink.send(chunk)
+                    tg.cancel_scope.cancel()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(pipe, client, origin)
+                    tg.start_soon(pipe, origin, client)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(SocketAttribute.local_port)
+    transport = HTTPTransport(
+        verify=servers.ssl_context, http2=False, proxy=f"http://127.0.0.1:{port}"
+    )
+    async with listener, anyio.create_task_group() as proxy:
+        proxy.start_soon(listener.serve, tunnel)
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await client.get(servers.tls_url + "/delay?seconds=0.3")
+        proxy.cancel_scope.cancel()
+    assert response.status_code == 200
+    timings = response.extensions["timings"]
+    assert 0.3 <= timings.wait < 0.5  # the server's think time, not the tunnel's
+    assert timings.queue >= 0.2  # opening the tunnel, before the request went out
+    _assert_phases_add_up(timings)
 
 
 @pytest.mark.parametrize(

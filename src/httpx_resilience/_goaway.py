@@ -435,9 +435,6 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
     def has_expired(self) -> bool:
         return super().has_expired() or (self._goaway.draining and self.is_idle())
 
-    def __repr__(self) -> str:
-        return f"<GuardedConnection {super().__repr__()}>"
-
 
 class GuardedConnectionPool(httpcore.AsyncConnectionPool):
     """``httpcore.AsyncConnectionPool`` whose connections survive GOAWAY.

@@ -110,16 +110,17 @@ class TracingTransport(Layer):
     # awaits the inner transport's coroutine itself, and no frame of this
     # layer sits in the chain that every I/O wait of the request resumes.
     def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
+        parent = _oc.get_current()
+        # An empty context (the usual case without the SDK) cannot hold a key
+        # that suppresses us, nor a trace or baggage to pass on. Suppressed (by
+        # a tracing layer outside this one, say), the attempt is not ours to count.
+        if parent and _suppressed(parent):
+            return self._transport.handle_async_request(request)
         attempts = request.extensions.get(_ATTEMPTS)
         if attempts is None:
             attempts = request.extensions[_ATTEMPTS] = _Attempts()
         else:
             attempts.next(request.headers)
-        parent = _oc.get_current()
-        # An empty context (the usual case without the SDK) cannot hold a key
-        # that suppresses us, nor a trace or baggage to pass on.
-        if parent and _suppressed(parent):
-            return self._transport.handle_async_request(request)
         method = request.method
         span = self._tracer.start_span(
             method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT

@@ -145,6 +145,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             clock=clock,
         )
         self._metrics = ConnectionMetrics.create(meter_provider)
+        self._direct = proxy is None
         self._pool: httpcore.AsyncConnectionPool
         if proxy is None:
             # Keeps the answers of an HTTP/2 server that sends GOAWAY, and
@@ -211,7 +212,12 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         )
         # A copy: the caller's request may be sent again (retries), and must
         # not carry this attempt's recorder.
-        extensions = recorder.extensions = {**request.extensions, "trace": recorder}
+        extensions = {**request.extensions, "trace": recorder}
+        if self._direct:
+            # The recorder may stop listening once the request is sent. Not
+            # through a proxy: httpcore sends a CONNECT with these same
+            # extensions first.
+            recorder.extensions = extensions
         url = request.url
         core_request = httpcore.Request(
             method=request.method,
