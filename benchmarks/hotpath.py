@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import cProfile
 import os
 import pstats
 import sys
@@ -69,19 +68,7 @@ def profile_calls(
 ) -> tuple[dict[str, tuple[float, float]], list[tuple[str, float, float]]]:
     """Per request: {owner: (calls, profiled µs)}, and our hottest functions."""
 
-    async def go() -> cProfile.Profile:
-        client, _ = overhead.make_client(key)
-        for _ in range(300):
-            await client.get(URL)
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(requests):
-            await client.get(URL)
-        profiler.disable()
-        await client.aclose()
-        return profiler
-
-    stats = pstats.Stats(asyncio.run(go()))
+    stats = pstats.Stats(overhead.profiled(key, requests, warmup=300))
     by_owner: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     ours = []
     for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
@@ -275,12 +262,18 @@ async def steps() -> list[tuple[str, Any]]:
         attempt("span.is_recording()", span.is_recording)
         attempt("span.end()", span.end)
         attempt("_Attempts()", _tracing._Attempts)
+        # What the layer builds once per attempt: the span's and the duration's attributes.
+        common = {
+            "http.request.method": "GET",
+            "server.address": "api.example.com",
+            "server.port": 443,
+        }
         attempt(
-            "_Attempt(histogram, span, False, request)",
-            lambda: _tracing._Attempt(tracing._duration, span, False, req),
+            "_Attempt(histogram, span, None, common)",
+            lambda: _tracing._Attempt(tracing._duration, span, None, common),
         )
         response = httpx.Response(200, extensions={"http_version": b"HTTP/1.1"})
-        a = _tracing._Attempt(tracing._duration, span, False, req)
+        a = _tracing._Attempt(tracing._duration, span, None, common)
         attempt("_Attempt.received(response) (not recording)", lambda: a.received(response))
         attempt("_Attempt._metric_attributes(None)", lambda: a._metric_attributes(None))
         attrs = a._metric_attributes(None)
@@ -290,7 +283,7 @@ async def steps() -> list[tuple[str, Any]]:
         )
 
         def end() -> None:
-            b = _tracing._Attempt(tracing._duration, span, False, req)
+            b = _tracing._Attempt(tracing._duration, span, None, common)
             b.end(None)
 
         attempt("_Attempt(...) + end(None): span.end, attributes, record", end)
@@ -403,13 +396,14 @@ def _count_child(key: str, n: int) -> None:
     asyncio.run(go())
 
 
-def instructions(key: str, n: int) -> float:
-    import os
+def counted(args: list[str], n: int, timeout: float = 900) -> float:
+    """Instructions per unit of work: this script run under valgrind with ``args``
+    and a count of 0, then of ``n``, the difference divided by ``n``."""
     import re
     import subprocess
 
-    counts = []
-    for requests in (0, n):
+    totals = []
+    for count in (0, n):
         proc = subprocess.run(
             [
                 "valgrind",
@@ -418,21 +412,24 @@ def instructions(key: str, n: int) -> float:
                 "--cachegrind-out-file=/dev/null",
                 sys.executable,
                 __file__,
-                "--count",
-                key,
-                str(requests),
+                *args,
+                str(count),
             ],
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=timeout,
             env={**os.environ, "PYTHONHASHSEED": "0"},
             check=False,
         )
         found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
         if proc.returncode != 0 or not found:
-            raise RuntimeError(f"valgrind run failed for {key}:\n{proc.stderr[-2000:]}")
-        counts.append(int(found.group(1).replace(",", "")))
-    return (counts[1] - counts[0]) / n
+            raise RuntimeError(f"valgrind run failed for {args}:\n{proc.stderr[-2000:]}")
+        totals.append(int(found.group(1).replace(",", "")))
+    return (totals[1] - totals[0]) / n
+
+
+def instructions(key: str, n: int) -> float:
+    return counted(["--count", key], n)
 
 
 DEFAULT_INSTRUCTION_KEYS = [
@@ -486,6 +483,7 @@ from httpx_resilience._budget import origin_of
 URL = overhead.URL
 F = overhead.FixedTransport()
 req = httpx.Request("GET", URL)
+common = {"http.request.method": "GET", "server.address": "api.example.com", "server.port": 443}
 h = req.headers
 cv = contextvars.ContextVar("x", default=None)
 retry = hr.RetryTransport(F)
@@ -544,11 +542,11 @@ PIECES: list[tuple[str, str]] = [
     ("_tracing._Attempts()", "_tracing._Attempts()"),
     (
         "_Attempt(...) + received(response)",
-        "_tracing._Attempt(tracing._duration, span, False, req).received(response)",
+        "_tracing._Attempt(tracing._duration, span, None, common).received(response)",
     ),
     (
         "_Attempt(...) + end(None)",
-        "_tracing._Attempt(tracing._duration, span, False, req).end(None)",
+        "_tracing._Attempt(tracing._duration, span, None, common).end(None)",
     ),
     ("_Attempt._metric_attributes(None)", "a._metric_attributes(None)"),
     ("histogram.record(0.1, attrs), global no-op meter", "tracing._duration.record(0.1, attrs)"),
@@ -560,7 +558,7 @@ def _piece_child(index: int, n: int) -> None:
     namespace: dict[str, Any] = {}
     exec(_PIECES_SETUP, namespace)
     exec(
-        "a = _tracing._Attempt(tracing._duration, span, False, req)\n"
+        "a = _tracing._Attempt(tracing._duration, span, None, common)\n"
         "attrs = a._metric_attributes(None)",
         namespace,
     )
@@ -580,34 +578,7 @@ def pieces_report(n: int = 5000) -> str:
     from concurrent.futures import ThreadPoolExecutor
 
     def count(index: int) -> float:
-        import re
-        import subprocess
-
-        totals = []
-        for loops in (0, n):
-            proc = subprocess.run(
-                [
-                    "valgrind",
-                    "--tool=cachegrind",
-                    "--cache-sim=no",
-                    "--cachegrind-out-file=/dev/null",
-                    sys.executable,
-                    __file__,
-                    "--piece",
-                    str(index),
-                    str(loops),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=600,
-                check=False,
-                env={**os.environ, "PYTHONHASHSEED": "0"},
-            )
-            found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-            if proc.returncode != 0 or not found:
-                raise RuntimeError(f"piece {PIECES[index][0]!r} failed:\n{proc.stderr[-2000:]}")
-            totals.append(int(found.group(1).replace(",", "")))
-        return (totals[1] - totals[0]) / n
+        return counted(["--piece", str(index)], n, timeout=600)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         counts = list(pool.map(count, range(len(PIECES))))
@@ -659,43 +630,22 @@ def loopback_instructions(
 ) -> dict[tuple[str, bool, int], float]:
     """Client instructions per request against the fault server (its own
     process, not counted), one case after another; bare first in each cell."""
-    import re
-    import subprocess
-
     from _common import ServerProcess
 
     found: dict[tuple[str, bool, int], float] = {}
     with ServerProcess("--plan", "ok") as server:
         for key, http2, concurrency in cases:
-            totals = []
-            for requests in (0, n):
-                proc = subprocess.run(
-                    [
-                        "valgrind",
-                        "--tool=cachegrind",
-                        "--cache-sim=no",
-                        "--cachegrind-out-file=/dev/null",
-                        sys.executable,
-                        __file__,
-                        "--loopback-count",
-                        server.url,
-                        server.ca,
-                        key,
-                        "1" if http2 else "0",
-                        str(concurrency),
-                        str(requests),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=900,
-                    check=False,
-                    env={**os.environ, "PYTHONHASHSEED": "0"},
-                )
-                match = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-                if proc.returncode != 0 or not match:
-                    raise RuntimeError(f"valgrind run failed for {key}:\n{proc.stderr[-2000:]}")
-                totals.append(int(match.group(1).replace(",", "")))
-            found[key, http2, concurrency] = (totals[1] - totals[0]) / n
+            found[key, http2, concurrency] = counted(
+                [
+                    "--loopback-count",
+                    server.url,
+                    server.ca,
+                    key,
+                    "1" if http2 else "0",
+                    str(concurrency),
+                ],
+                n,
+            )
     return found
 
 

@@ -222,15 +222,13 @@ def render(result: dict[str, Any]) -> str:
     )
 
 
-def profile(key: str, requests: int = 20_000, top: int = 30) -> str:
-    """cProfile of ``requests`` GETs through configuration ``key``; the hottest functions."""
+def profiled(key: str, requests: int, warmup: int = 200) -> Any:
+    """A ``cProfile.Profile`` of ``requests`` GETs through configuration ``key``, warmed up."""
     import cProfile
-    import io
-    import pstats
 
     async def go() -> cProfile.Profile:
         client, _built = make_client(key)
-        for _ in range(200):
+        for _ in range(warmup):
             await client.get(URL)
         profiler = cProfile.Profile()
         profiler.enable()
@@ -240,9 +238,16 @@ def profile(key: str, requests: int = 20_000, top: int = 30) -> str:
         await client.aclose()
         return profiler
 
-    profiler = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def profile(key: str, requests: int = 20_000, top: int = 30) -> str:
+    """cProfile of ``requests`` GETs through configuration ``key``; the hottest functions."""
+    import io
+    import pstats
+
     out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
+    stats = pstats.Stats(profiled(key, requests), stream=out)
     stats.sort_stats("tottime").print_stats(top)
     return out.getvalue()
 
