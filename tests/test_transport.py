@@ -27,6 +27,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from httpx_resilience import HTTPTransport, Timings
 from httpx_resilience._transport import as_httpx_error
 
+from .raw_server import RawConnection, RawServer
 from .servers import ScriptedApp, ServerThread
 from .test_network import FakeBackend, FakeClock, FakeResolver, metric_points
 
@@ -857,3 +858,50 @@ def test_timings_are_frozen() -> None:
     )
     with pytest.raises(FrozenInstanceError):
         timings.total = 1.0  # type: ignore[misc]
+
+
+# --- header values with CR, LF or NUL ---------------------------------------------
+
+
+@pytest.mark.parametrize("alpn", ["h2", "http/1.1"])
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ({"Authorization": "Bearer tok-3f9a1c\n"}, "'Authorization'"),
+        ({"Authorization": "Bearer tok-3f9a1c\r\nX-Injected: 1"}, "'Authorization'"),
+        ({"X-Api-Key": "tok-3f9a1c\0"}, "'X-Api-Key'"),
+        ({"X-Bad\r\nName": "tok-3f9a1c"}, "header number"),
+    ],
+    ids=["lf", "crlf", "nul", "name"],
+)
+async def test_header_with_cr_lf_or_nul_is_refused_before_anything_is_sent(
+    alpn: str, headers: dict[str, str], named: str
+) -> None:
+    # h11 refuses these for HTTP/1.1 (quoting the value, token and all); h2
+    # used to send them as they were. Now neither protocol sends a byte.
+    async def handler(conn: RawConnection) -> None:
+        await conn.drain()
+
+    async with RawServer(handler, tls=True, alpn=[alpn]) as server:
+        transport = HTTPTransport(verify=server.ssl_context)
+        async with httpx.AsyncClient(transport=transport, timeout=2) as client:
+            with pytest.raises(httpx.LocalProtocolError) as raised:
+                await client.get(server.url, headers=headers)
+            # With a body too: nothing of it goes either.
+            with pytest.raises(httpx.LocalProtocolError):
+                await client.post(server.url, headers=headers, content=b"body")
+        assert server.connections == 0
+    message = str(raised.value)
+    assert named in message
+    assert "tok-3f9a1c" not in message
+    assert raised.value.request.method == "GET"
+
+
+async def test_good_headers_after_a_refused_one_go_out(servers: ServerThread) -> None:
+    transport = HTTPTransport(verify=servers.ssl_context)
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.get(f"{servers.tls_url}/echo", headers={"X-Token": "a\nb"})
+        response = await client.get(f"{servers.tls_url}/echo", headers={"X-Token": "a b"})
+    assert response.status_code == 200
+    assert response.http_version == "HTTP/2"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -37,12 +39,20 @@ if _otel.OTEL_AVAILABLE:
     from . import _otel_context as _oc
 
 if TYPE_CHECKING:
+    from contextvars import Token
+
     from opentelemetry.context import Context
     from opentelemetry.metrics import Histogram, MeterProvider
     from opentelemetry.propagators.textmap import TextMapPropagator
     from opentelemetry.trace import Span, TracerProvider
 
+logger = logging.getLogger("httpx_resilience")
+
 DURATION_METRIC = "http.client.request.duration"
+
+#: The span event of a failed attempt, with ``exception.type`` only (see ``_Attempt``).
+EXCEPTION_EVENT = "exception"
+EXCEPTION_TYPE = "exception.type"
 
 #: Span events for the phases of opening a connection (HTTPTransport's timings),
 #: each at the moment its phase ended, with its duration in seconds.
@@ -141,11 +151,45 @@ class TracingTransport(Layer):
         span: Span,
         recording: bool,
     ) -> httpx.Response:
-        method = request.method
+        try:
+            attempt, token = self._begin(request, attempts, parent, span, recording)
+        except Exception as exc:
+            # Telemetry is optional: a propagator that fails (say) costs the
+            # attempt its span, not its request.
+            _telemetry_failed(exc)
+            _end_quietly(span)
+            return await self._transport.handle_async_request(request)
+        try:
+            response = await self._transport.handle_async_request(request)
+        except BaseException as exc:
+            attempt.end(exc)
+            raise
+        finally:
+            if token is not None:
+                _oc.detach(token)
+        # From here on nothing raises: the response is the caller's, and
+        # only its body, read or closed, frees its connection.
+        attempt.received(response)
+        if response.is_closed:
+            # Already read (httpx reads a Response built from bytes at once).
+            attempt.end(None)
+        else:
+            response.stream = _TracedStream(cast(httpx.AsyncByteStream, response.stream), attempt)
+        return response
+
+    def _begin(
+        self,
+        request: httpx.Request,
+        attempts: _Attempts,
+        parent: Context,
+        span: Span,
+        recording: bool,
+    ) -> tuple[_Attempt, Token[Context] | None]:
+        """The attempt's record, its propagation headers set and its context attached."""
         # The attributes a span and its duration point share, built once.
         url = request.url
         common: dict[str, Any] = {
-            HTTP_REQUEST_METHOD: method_attribute(method),
+            HTTP_REQUEST_METHOD: method_attribute(request.method),
             SERVER_ADDRESS: url.host,
         }
         port = server_port(url)
@@ -155,6 +199,7 @@ class TracingTransport(Layer):
         attributes = (
             self._request_attributes(request, common, attempts.count) if recording else None
         )
+        attempt = _Attempt(self._duration, span, attributes, common)
         token = None
         if recording or parent:
             context = _oc.set_value(
@@ -162,22 +207,7 @@ class TracingTransport(Layer):
             )
             attempts.inject(request.headers, context, self._inject)
             token = _oc.attach(context)
-        attempt = _Attempt(self._duration, span, attributes, common)
-        try:
-            response = await self._transport.handle_async_request(request)
-        except BaseException as exc:
-            attempt.end(exc)
-            raise
-        finally:
-            if token is not None:
-                _oc.detach(token)
-        attempt.received(response)
-        if response.is_closed:
-            # Already read (httpx reads a Response built from bytes at once).
-            attempt.end(None)
-        else:
-            response.stream = _TracedStream(cast(httpx.AsyncByteStream, response.stream), attempt)
-        return response
+        return attempt, token
 
     def _request_attributes(
         self, request: httpx.Request, common: dict[str, Any], count: int
@@ -198,6 +228,48 @@ class TracingTransport(Layer):
 
 def _suppressed(context: Context) -> bool:
     return any(_oc.get_value(key, context) for key in _oc.SUPPRESS_INSTRUMENTATION_KEYS)
+
+
+def _telemetry_failed(exc: Exception) -> None:
+    # The type only: the text of an exception may hold what it was given.
+    logger.debug("tracing left out part of an attempt's telemetry: %s", type(exc).__name__)
+
+
+def _end_quietly(span: Span) -> None:
+    try:
+        span.end()
+    except Exception as exc:
+        _telemetry_failed(exc)
+
+
+def _peer(response: httpx.Response) -> tuple[str, int] | None:
+    """``network.peer.address`` and ``.port``: optional, so never worth an exception.
+
+    The network stream reads them from its socket; under trio, one the
+    server has just reset answers ``OSError(ENOTCONN)``.
+    """
+    stream = response.extensions.get("network_stream")
+    if stream is None:
+        return None
+    try:
+        peer = stream.get_extra_info("server_addr")
+    except Exception:
+        return None
+    if isinstance(peer, tuple) and len(peer) >= 2 and isinstance(peer[1], int):
+        return str(peer[0]), peer[1]
+    return None
+
+
+def _nanoseconds(seconds: float) -> int:
+    """Whole nanoseconds of a phase; 0 for a figure no clock could give (NaN, infinite)."""
+    return int(seconds * 1e9) if 0.0 <= seconds < math.inf else 0
+
+
+def _qualified_name(exc: BaseException) -> str:
+    """``exception.type``: the class's full name, as the SDK's ``record_exception`` gives it."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module in (None, "builtins") else f"{module}.{cls.__qualname__}"
 
 
 class _Attempts:
@@ -270,6 +342,17 @@ class _Attempt:
         self._start_ns = time.time_ns() if recording else 0
 
     def received(self, response: httpx.Response) -> None:
+        """The response headers are in: note what the span and the duration need.
+
+        Never raises: whatever telemetry fails here, the response still goes
+        to the caller, whose reading or closing of the body ends the attempt.
+        """
+        try:
+            self._received(response)
+        except Exception as exc:
+            _telemetry_failed(exc)
+
+    def _received(self, response: httpx.Response) -> None:
         status = self._status = response.status_code
         version = self._version = protocol_version(response.extensions.get("http_version"))
         attributes = self._attributes
@@ -279,12 +362,9 @@ class _Attempt:
         attributes[HTTP_RESPONSE_STATUS_CODE] = status
         if version is not None:
             attributes[NETWORK_PROTOCOL_VERSION] = version
-        stream = response.extensions.get("network_stream")
-        if stream is not None:
-            peer = stream.get_extra_info("server_addr")
-            if isinstance(peer, tuple) and len(peer) >= 2:
-                attributes[NETWORK_PEER_ADDRESS] = str(peer[0])
-                attributes[NETWORK_PEER_PORT] = peer[1]
+        peer = _peer(response)
+        if peer is not None:
+            attributes[NETWORK_PEER_ADDRESS], attributes[NETWORK_PEER_PORT] = peer
         if status >= 400:
             attributes[ERROR_TYPE] = str(status)
             self._span.set_status(_oc.Status(_oc.StatusCode.ERROR))
@@ -295,41 +375,59 @@ class _Attempt:
 
     def _setup_events(self, timings: Timings) -> None:
         """DNS, TCP connect and TLS of a new connection, as events at their ends."""
-        at = self._start_ns + int(timings.queue * 1e9)
+        at = self._start_ns + _nanoseconds(timings.queue)
         for name, seconds in (
             (DNS_EVENT, timings.dns),
             (CONNECT_EVENT, timings.connect),
             (TLS_EVENT, timings.tls),
         ):
             if seconds is not None:
-                at += int(seconds * 1e9)
+                at += _nanoseconds(seconds)
                 self._span.add_event(name, {PHASE_DURATION: seconds}, timestamp=at)
 
     def end(self, exc: BaseException | None) -> None:
+        """End the span and record the duration, once; never raises."""
         if self._done:
             return
         self._done = True
         elapsed = time.perf_counter() - self._start
+        # Cancelled (or interrupted): the caller gave up, the request did not
+        # fail. Neither an error nor a duration worth recording.
+        cancelled = exc is not None and not isinstance(exc, Exception)
+        error = None
+        try:
+            error = self._outcome(exc, cancelled)
+        except Exception as failure:
+            _telemetry_failed(failure)
+        finally:
+            _end_quietly(self._span)
+        if cancelled:
+            return
+        try:
+            self._histogram.record(elapsed, self._metric_attributes(error))
+        except Exception as failure:
+            _telemetry_failed(failure)
+
+    def _outcome(self, exc: BaseException | None, cancelled: bool) -> str | None:
+        """Put the outcome on the span; the ``error.type`` of the duration point."""
         span = self._span
         if self._attributes is not None:
             span.set_attributes(self._attributes)  # no response came
             self._attributes = None
-        if exc is not None and not isinstance(exc, Exception):
-            # Cancelled (or interrupted): the caller gave up, the request did
-            # not fail. Neither an error nor a duration worth recording.
-            span.end()
-            return
-        error = None
+        if cancelled:
+            return None
         if exc is not None:
             error = error_type(exc)
             if self._recording:
-                span.record_exception(exc)
+                # The type, never the message: an exception's text may quote
+                # what was sent (h11 quotes a refused header value, token and all).
+                span.add_event(EXCEPTION_EVENT, {EXCEPTION_TYPE: _qualified_name(exc)})
                 span.set_attribute(ERROR_TYPE, error)
-                span.set_status(_oc.Status(_oc.StatusCode.ERROR, str(exc) or None))
-        elif self._status is not None and self._status >= 400:
-            error = str(self._status)
-        span.end()
-        self._histogram.record(elapsed, self._metric_attributes(error))
+                span.set_status(_oc.Status(_oc.StatusCode.ERROR, error))
+            return error
+        if self._status is not None and self._status >= 400:
+            return str(self._status)
+        return None
 
     def _metric_attributes(self, error: str | None) -> dict[str, Any]:
         attributes = dict(self._common)

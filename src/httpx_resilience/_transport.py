@@ -6,6 +6,7 @@ import importlib.util
 import ssl
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -207,6 +208,8 @@ class HTTPTransport(httpx.AsyncBaseTransport):
         return self._backend.dns_cache
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        headers = request.headers.raw
+        _check_headers(headers, request)
         recorder = TimingsRecorder(
             self._clock, request, request.extensions.get("trace"), self._metrics
         )
@@ -227,7 +230,7 @@ class HTTPTransport(httpx.AsyncBaseTransport):
                 port=url.port,
                 target=url.raw_path,
             ),
-            headers=request.headers.raw,
+            headers=headers,
             content=cast(httpx.AsyncByteStream, request.stream),
             extensions=extensions,
         )
@@ -270,6 +273,33 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             if mapped is None:
                 raise
             raise mapped from exc
+
+
+# What no header name or value may hold: h11 refuses them for HTTP/1.1, h2
+# sends them as they are (RFC 9113 §8.2.1 calls such a field malformed).
+_FORBIDDEN = b"\r\n\0"
+
+
+def _check_headers(headers: list[tuple[bytes, bytes]], request: httpx.Request) -> None:
+    """Refuse a header with CR, LF or NUL, on every protocol, before anything is sent.
+
+    One pass over all the bytes at once. The message names the header but
+    never quotes its value: a pasted ``Bearer <token>\\n`` is a secret.
+    """
+    joined = b"".join(chain.from_iterable(headers))
+    if len(joined.translate(None, _FORBIDDEN)) != len(joined):
+        raise httpx.LocalProtocolError(f"{_which(headers)}; not sent", request=request)
+
+
+def _which(headers: list[tuple[bytes, bytes]]) -> str:
+    for number, (name, value) in enumerate(headers, 1):
+        if len(name.translate(None, _FORBIDDEN)) != len(name):
+            # A name this broken may be a value pasted in the wrong place: not quoted either.
+            return f"the name of header number {number} holds a CR, LF or NUL character"
+        if len(value.translate(None, _FORBIDDEN)) != len(value):
+            name_text = name.decode("ascii", "replace")
+            return f"the value of header {name_text!r} holds a CR, LF or NUL character"
+    return "a header holds a CR, LF or NUL character"  # pragma: no cover - found above
 
 
 def _proxy_url(proxy: httpx.Proxy) -> httpcore.URL:
