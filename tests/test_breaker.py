@@ -607,14 +607,113 @@ async def test_state_changes_and_rejections_are_counted(
     assert points(reader, REJECTIONS_METRIC) == {server: 3}
 
 
-async def test_the_oldest_circuit_is_forgotten_past_max_origins() -> None:
+async def test_the_least_recently_used_closed_circuit_is_forgotten_past_max_origins() -> None:
     transport = breaker(Script([200]), FakeClock(), max_origins=2)
     async with httpx.AsyncClient(transport=transport) as client:
-        for host in ("a", "b", "c"):
+        for host in ("a", "b", "a", "c"):
             await client.get(f"https://{host}.example.com/")
-    assert [o[1] for o in transport.states()] == ["b.example.com", "c.example.com"]
+    # "b" was used least recently: "a" was used again after it.
+    assert sorted(o[1] for o in transport.states()) == ["a.example.com", "c.example.com"]
     with pytest.raises(ValueError, match="max_origins"):
         CircuitBreakerTransport(httpx.MockTransport(Script([200])), max_origins=0)
+
+
+def open_then_healthy(failing: str) -> Any:
+    """503 from the ``failing`` host, 200 from every other."""
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503 if request.url.host == failing else 200)
+
+    return reply
+
+
+async def test_an_open_circuit_outlives_5000_other_origins() -> None:
+    # Origins used to be forgotten in the order they came: past 1,024 others,
+    # an open circuit was forgotten and the failing origin called again.
+    script, clock = Script([open_then_healthy("down.example.com")]), FakeClock()
+    transport = breaker(script, clock)
+    for _ in range(4):
+        await transport.handle_async_request(httpx.Request("GET", "https://down.example.com/"))
+    assert transport.state("https://down.example.com") is OPEN
+    for number in range(5000):
+        request = httpx.Request("GET", f"https://host-{number}.example.com/")
+        assert (await transport.handle_async_request(request)).status_code == 200
+    with pytest.raises(CircuitOpenError):
+        await transport.handle_async_request(httpx.Request("GET", "https://down.example.com/"))
+    assert transport.state("https://down.example.com") is OPEN
+    assert len(script.requests) == 4 + 5000
+    # The closed circuits of the others were forgotten as they came.
+    assert len(transport.states()) <= 1024
+
+
+async def test_past_max_origins_open_circuits_are_kept_and_closed_ones_make_room() -> None:
+    status = 503
+    clock = FakeClock()
+    transport = breaker(lambda request: httpx.Response(status), clock, max_origins=2)
+    downs = [f"https://down-{number}.example.com/" for number in range(3)]
+    for url in downs:
+        for _ in range(4):
+            await transport.handle_async_request(httpx.Request("GET", url))
+    # Three open circuits, two allowed: the map grew rather than forget one.
+    assert [transport.state(url) for url in downs] == [OPEN, OPEN, OPEN]
+    status = 200
+    clock.now += 5  # the breaks end; the probes succeed and close the circuits
+    for url in downs:
+        await transport.handle_async_request(httpx.Request("GET", url))
+    assert [transport.state(url) for url in downs] == [CLOSED, CLOSED, CLOSED]
+    await transport.handle_async_request(httpx.Request("GET", "https://new.example.com/"))
+    assert len(transport.states()) == 2
+
+
+# --- the clock ----------------------------------------------------------------------
+
+
+async def test_a_clock_that_jumps_back_900_s_still_ends_the_break_after_its_10_s() -> None:
+    policy = CircuitBreakerPolicy(min_calls=4, window=10, break_duration=10)
+    script, clock = Script([503, 503, 503, 503, 200]), FakeClock()
+    transport = breaker(script, clock, policy)
+    for _ in range(4):
+        await transport.handle_async_request(httpx.Request("GET", URL))
+    assert transport.state(URL) is OPEN  # at 1000 s, until 1010 s
+    clock.now -= 900  # the clock steps back: no time passed
+    assert transport.retry_in(URL) == pytest.approx(10)
+    clock.now += 9.5
+    with pytest.raises(CircuitOpenError) as caught:
+        await transport.handle_async_request(httpx.Request("GET", URL))
+    assert caught.value.retry_in == pytest.approx(0.5)
+    clock.now += 0.5  # 10 s of the clock's steps: the break is over
+    assert transport.state(URL) is HALF_OPEN
+    response = await transport.handle_async_request(httpx.Request("GET", URL))
+    assert response.status_code == 200
+    assert transport.state(URL) is CLOSED
+    assert len(script.requests) == 5
+
+
+def test_circuit_counts_steps_of_the_clock_not_its_readings() -> None:
+    circuit = Circuit(ORIGIN, SMALL)
+    for now in (100.0, 100.1, 100.2, 100.3):
+        circuit.record(circuit.acquire(now), failed=True, now=now)
+    assert circuit.state is OPEN  # at 100.3, for 5 s
+    assert circuit.break_left(50.0) == pytest.approx(5)  # a step back: nothing passed
+    assert circuit.state_at(54.9) is OPEN
+    assert circuit.state_at(float("nan")) is OPEN
+    assert circuit.state_at(float("inf")) is OPEN
+    assert circuit.snapshot(54.9).retry_in == pytest.approx(0.1)
+    assert circuit.acquire(55.0) is not None  # 5 s of steps after the step back
+
+
+async def test_a_nan_from_the_clock_never_fails_a_response() -> None:
+    # NaN used to reach int() when the outcome was counted, after the response.
+    script = Script([503, 200])
+    transport = CircuitBreakerTransport(
+        httpx.MockTransport(script), SMALL, clock=lambda: float("nan")
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        statuses = [(await client.get(URL)).status_code for _ in range(6)]
+    assert statuses == [503, 200, 200, 200, 200, 200]
+    assert transport.state(URL) is CLOSED
+    [snapshot] = transport.states().values()
+    assert (snapshot.calls, snapshot.failures) == (6, 1)
 
 
 # --- against the fault server -----------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
 from httpx_resilience import DeadlineExceeded, RetryBudget, RetryPolicy, RetryTransport
-from httpx_resilience._budget import BudgetBook
+from httpx_resilience._budget import MAX_BUDGET_BOOKS, BudgetBook
 
 from .fakes import FakeSleep, Script
 from .servers import ServerThread
@@ -79,14 +79,73 @@ def test_budget_book_refills_over_time_and_charges_timeouts_more() -> None:
     assert book.tokens(origin) == 2  # never above max_tokens
 
 
-def test_budget_book_forgets_the_oldest_origin() -> None:
+def test_budget_book_forgets_full_buckets_and_keeps_drained_ones() -> None:
+    now = [0.0]
+    budget = RetryBudget(ratio=0.1, max_tokens=2, min_per_second=1)
+    book = BudgetBook(budget, clock=lambda: now[0], size=4)
+    drained = ("https", "down.example.com", None)
+    assert book.withdraw(drained)
+    assert book.withdraw(drained)
+    # Origins used to be forgotten in the order they came: past `size` others,
+    # the drained bucket came back full.
+    for number in range(5000):
+        book.deposit(("https", f"host-{number}.example.com", None))
+    assert book.tokens(drained) == pytest.approx(0.0)
+    assert len(book) <= 4  # the full buckets of the others made room
+    # Refilled (2 tokens at 1 a second), it holds nothing a new bucket would
+    # not, and may go like any other.
+    now[0] = 2.0
+    for number in range(10):
+        book.deposit(("https", f"later-{number}.example.com", None))
+    assert len(book) <= 4
+    assert book.tokens(drained) == 2
+
+
+def test_budget_book_grows_past_its_size_rather_than_forget_a_drained_bucket() -> None:
     book = BudgetBook(RetryBudget(min_per_second=0), size=2)
     for host in ("a", "b", "c"):
         book.withdraw(("https", host, None))
-    # "a" was evicted: it comes back with a full bucket.
     full = RetryBudget().max_tokens
-    assert book.tokens(("https", "a", None)) == full
-    assert book.tokens(("https", "c", None)) == full - 1
+    # Nothing refills by time: all three stay below full, all three are kept.
+    assert [book.tokens(("https", host, None)) for host in "abc"] == [full - 1] * 3
+
+
+async def test_a_drained_budget_survives_5000_other_origins() -> None:
+    def reply(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(503 if request.url.host == "down.example.com" else 200)
+
+    script, sleep = Script([reply]), FakeSleep()
+    budget = RetryBudget(ratio=0.0, max_tokens=2, min_per_second=0)
+    policy = RetryPolicy(wait=wait_fixed(0), stop=stop_after_attempt(3), budget=budget)
+    transport = _transport(script, policy, sleep)
+    down = httpx.Request("GET", "https://down.example.com/")
+    await transport.handle_async_request(down)  # 1 attempt + 2 retries: the budget is spent
+    assert len(script.requests) == 3
+    for number in range(5000):
+        request = httpx.Request("GET", f"https://host-{number}.example.com/")
+        await transport.handle_async_request(request)
+    assert len(script.requests) == 3 + 5000
+    await transport.handle_async_request(down)
+    assert len(script.requests) == 3 + 5000 + 1  # still spent: no retry
+
+
+async def test_per_request_budgets_share_books_by_value_and_are_bounded() -> None:
+    script, sleep = Script([200]), FakeSleep()
+    transport = _transport(script, NO_WAIT, sleep)
+
+    def options(budget: RetryBudget) -> dict[str, object]:
+        return {"resilience": {"retry": RetryPolicy(budget=budget)}}
+
+    for _ in range(5000):  # equal budgets, new objects each time
+        request = httpx.Request("GET", URL, extensions=options(RetryBudget(ratio=0.1)))
+        await transport.handle_async_request(request)
+    assert len(transport._books) == 2  # the layer's own and the per-request one
+    for number in range(5000):  # all different
+        budget = RetryBudget(ratio=number / 5000)
+        await transport.handle_async_request(httpx.Request("GET", URL, extensions=options(budget)))
+    assert len(transport._books) <= MAX_BUDGET_BOOKS
+    # The layer's own book is never the one that goes.
+    assert transport.policy.budget in transport._books
 
 
 @pytest.mark.parametrize(
@@ -179,3 +238,38 @@ async def test_bad_deadlines_are_refused(deadline: object) -> None:
 
 def _no_wait() -> dict[str, object]:
     return {"wait": wait_fixed(0), "stop": stop_after_attempt(3)}
+
+
+# --- clocks that step back or give NaN ----------------------------------------------
+
+
+def test_a_nan_from_the_clock_neither_refills_a_bucket_nor_stops_its_refill() -> None:
+    now = [0.0]
+    book = BudgetBook(RetryBudget(max_tokens=2, min_per_second=1), clock=lambda: now[0])
+    origin = ("https", "a.example.com", None)
+    assert book.withdraw(origin)
+    assert book.withdraw(origin)
+    now[0] = float("nan")
+    assert not book.withdraw(origin)
+    # A NaN used to become the bucket's last refill time, and it never refilled again.
+    now[0] = 1.0
+    assert book.withdraw(origin)
+
+
+async def test_a_clock_that_steps_back_does_not_stretch_the_deadline() -> None:
+    seen: list[float] = []
+    sleep = FakeSleep()
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.extensions["timeout"]["read"])
+        if len(seen) == 1:
+            sleep.now -= 900  # the clock steps back during the first attempt
+        return httpx.Response(503)
+
+    policy = RetryPolicy(wait=wait_fixed(1), stop=stop_after_attempt(10))
+    transport = _transport(Script([record]), policy, sleep)
+    async with httpx.AsyncClient(transport=transport, timeout=None) as client:
+        response = await client.get(URL, extensions={"resilience": {"deadline": 2.5}})
+    assert response.status_code == 503
+    # What is left of 2.5 s, by the clock's steps; it used to be 901.5 s at the second.
+    assert seen == [2.5, 1.5, 0.5]

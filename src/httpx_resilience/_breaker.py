@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
@@ -13,8 +14,10 @@ import httpx
 
 from . import _otel
 from ._budget import Origin, origin_of
+from ._clock import SteadyClock
 from ._goaway import unprocessed_reason
 from ._layer import Layer
+from ._lru import make_room
 from ._semconv import _DEFAULT_PORTS, SERVER_ADDRESS, SERVER_PORT
 
 if TYPE_CHECKING:
@@ -191,6 +194,11 @@ class Circuit:
     started before the last state change is ignored, so calls still in
     flight when the circuit opened cannot keep it open, nor close it.
     ``on_change(circuit, old, new)`` hears every state change.
+
+    ``now`` is a reading of a monotonic clock, guarded as it comes in: a
+    step back, NaN or infinity counts as no time passed (``SteadyClock``),
+    so a clock that jumps back 900 s still ends a 10 s break after 10 s of
+    the clock's steps, and a bad reading never raises.
     """
 
     __slots__ = (
@@ -199,6 +207,7 @@ class Circuit:
         "_in_flight",
         "_on_change",
         "_stamps",
+        "_time",
         "_width",
         "generation",
         "open_until",
@@ -217,7 +226,8 @@ class Circuit:
         self.state = CircuitState.CLOSED
         #: Bumped on every state change; a permit is the generation it was given in.
         self.generation = 0
-        #: When the break ends (meaningful while open).
+        #: When the break ends (meaningful while open), on the circuit's steady
+        #: time: the clock's readings, until it first steps back.
         self.open_until = 0.0
         #: (failures, calls) of the window that opened the circuit last.
         self.tripped = (0, 0)
@@ -228,6 +238,7 @@ class Circuit:
         self._failures = [0] * _BUCKETS
         self._stamps = [_NEVER] * _BUCKETS
         self._in_flight = 0  # probes out while half-open
+        self._time = SteadyClock()
 
     def acquire(self, now: float) -> int | None:
         """A permit for one call, or ``None``: fail it fast."""
@@ -235,7 +246,7 @@ class Circuit:
         if state is CircuitState.CLOSED:
             return self.generation
         if state is CircuitState.OPEN:
-            if now < self.open_until:
+            if self._time.at(now) < self.open_until:
                 return None
             self._move(CircuitState.HALF_OPEN)
         if self._in_flight >= self.policy.probes:
@@ -247,6 +258,7 @@ class Circuit:
         """The call given ``permit`` ended with a verdict: failed or succeeded."""
         if permit != self.generation:
             return
+        now = self._time.at(now)
         if self.state is CircuitState.HALF_OPEN:
             self._in_flight -= 1
             if failed:
@@ -265,7 +277,7 @@ class Circuit:
         if failed:
             self._failures[slot] += 1
             # Only a failure can open the circuit: sum the window then.
-            failures, calls = self.counts(now)
+            failures, calls = self._counts(now)
             policy = self.policy
             if calls >= policy.min_calls and failures >= policy.failure_ratio * calls:
                 self.tripped = (failures, calls)
@@ -278,6 +290,9 @@ class Circuit:
 
     def counts(self, now: float) -> tuple[int, int]:
         """(failures, calls) among the calls that ended in the window before ``now``."""
+        return self._counts(self._time.at(now))
+
+    def _counts(self, now: float) -> tuple[int, int]:
         index = int(now // self._width)
         failures = calls = 0
         for slot in range(_BUCKETS):
@@ -293,13 +308,23 @@ class Circuit:
 
     def state_at(self, now: float) -> CircuitState:
         """The state a call at ``now`` would meet; the break may be over without a call yet."""
+        return self._state_at(self._time.at(now))
+
+    def _state_at(self, now: float) -> CircuitState:
         if self.state is CircuitState.OPEN and now >= self.open_until:
             return CircuitState.HALF_OPEN
         return self.state
 
+    def break_left(self, now: float) -> float:
+        """Seconds of the break left at ``now``; 0 when the circuit is not open."""
+        if self.state is not CircuitState.OPEN:
+            return 0.0
+        return max(0.0, self.open_until - self._time.at(now))
+
     def snapshot(self, now: float) -> CircuitSnapshot:
-        state = self.state_at(now)
-        failures, calls = self.counts(now)
+        now = self._time.at(now)
+        state = self._state_at(now)
+        failures, calls = self._counts(now)
         retry_in = self.open_until - now if state is CircuitState.OPEN else None
         return CircuitSnapshot(self.origin, state, calls, failures, retry_in)
 
@@ -341,8 +366,14 @@ class CircuitBreakerTransport(Layer):
     ``http.client.circuit_breaker.rejections``) through ``meter_provider``
     (the global one by default, nothing without OpenTelemetry), and readable
     with ``state()``, ``retry_in()`` and ``states()`` for health reports. ``clock`` is the
-    monotonic time in seconds. At most ``max_origins`` circuits are kept; the
-    oldest is forgotten first.
+    monotonic time in seconds (a step back or NaN counts as no time passed).
+
+    About ``max_origins`` circuits are kept. A new origin past that makes
+    room by forgetting the least recently used closed circuit; an open or
+    half-open one is never forgotten, since forgetting it would let the
+    origin's calls through again. When the circuits looked at are all open
+    or half-open, the map grows past ``max_origins`` instead, and shrinks
+    back as they close.
     """
 
     def __init__(
@@ -360,7 +391,7 @@ class CircuitBreakerTransport(Layer):
         self._policy = policy or DEFAULT_BREAKER_POLICY
         self._clock = clock
         self._max_origins = max_origins
-        self._circuits: dict[Origin, Circuit] = {}
+        self._circuits: OrderedDict[Origin, Circuit] = OrderedDict()
         self._statuses = cast(frozenset[int], self._policy.statuses)
         self._exceptions = cast(tuple[type[Exception], ...], self._policy.exceptions)
         meter = _otel.get_meter(meter_provider)
@@ -387,6 +418,8 @@ class CircuitBreakerTransport(Layer):
         circuit = self._circuits.get(origin)
         if circuit is None:
             circuit = self._add(origin)
+        else:
+            self._circuits.move_to_end(origin)
         permit = circuit.acquire(self._clock())
         if permit is None:
             raise self._reject(circuit, request)
@@ -431,7 +464,7 @@ class CircuitBreakerTransport(Layer):
         if circuit is None or circuit.state is CircuitState.CLOSED:
             return 0.0
         if circuit.state is CircuitState.OPEN:
-            return max(0.0, circuit.open_until - self._clock())
+            return circuit.break_left(self._clock())
         # Half-open: no wait if a probe slot is free, else until a probe decides.
         return 0.0 if circuit.acquirable else circuit.policy.break_duration
 
@@ -446,9 +479,8 @@ class CircuitBreakerTransport(Layer):
         return {origin: circuit.snapshot(now) for origin, circuit in self._circuits.items()}
 
     def _add(self, origin: Origin) -> Circuit:
+        make_room(self._circuits, self._max_origins, _forgettable)
         circuit = self._circuits[origin] = Circuit(origin, self._policy, self._changed)
-        if len(self._circuits) > self._max_origins:
-            del self._circuits[next(iter(self._circuits))]
         return circuit
 
     def _reject(self, circuit: Circuit, request: httpx.Request) -> CircuitOpenError:
@@ -456,7 +488,7 @@ class CircuitBreakerTransport(Layer):
         if self._rejections is not None:
             self._rejections.add(1, _attributes(origin))
         if circuit.state is CircuitState.OPEN:
-            retry_in = max(0.0, circuit.open_until - self._clock())
+            retry_in = circuit.break_left(self._clock())
             failures, calls = circuit.tripped
             message = (
                 f"circuit breaker open for {format_origin(origin)}: {failures} of the last "
@@ -496,6 +528,11 @@ class CircuitBreakerTransport(Layer):
             logger.info("circuit breaker half-open for %s: probing", where, extra=extra)
         else:
             logger.info("circuit breaker closed for %s: a probe succeeded", where, extra=extra)
+
+
+def _forgettable(circuit: Circuit) -> bool:
+    """A closed circuit: forgotten, it comes back closed; an open one would let calls through."""
+    return circuit.state is CircuitState.CLOSED
 
 
 def _origin(where: Origin | httpx.URL | str) -> Origin:

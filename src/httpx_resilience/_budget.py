@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
+
+from ._clock import SteadyClock
+from ._lru import make_room
 
 #: ``request.extensions`` key under which RetryTransport lends its
 #: ``BudgetBook`` to the layers inside it (hedging draws from the same tokens).
 BUDGET_EXTENSION = "httpx_resilience.budget"
 
 Origin = tuple[str, str, int | None]
+
+#: Distinct per-request budgets one RetryTransport keeps a book for (equal
+#: budgets share one); past that, the least recently used book goes.
+MAX_BUDGET_BOOKS = 64
 
 
 def origin_of(url: httpx.URL) -> Origin:
@@ -65,15 +73,32 @@ class _Bucket:
 
 
 class BudgetBook:
-    """The token buckets of one transport, per origin; the oldest origin goes first."""
+    """The token buckets of one transport, per origin; only full buckets are forgotten.
+
+    ``clock`` gives monotonic seconds; a step back or NaN counts as no time
+    passed (``SteadyClock``), so a bad reading neither refills a bucket nor
+    stops it from refilling.
+
+    About ``size`` origins are kept. A bucket that has refilled to the brim
+    holds nothing a new one would not (a new bucket starts full), so any
+    such bucket may go, and which one does not matter. A bucket below full,
+    drained by retries and still in its refill time, is never forgotten:
+    forgetting it would hand a failing origin its retries back. When the
+    buckets looked at are all below full, the book grows past ``size``
+    instead, and shrinks back as they refill.
+    """
 
     def __init__(
         self, budget: RetryBudget, *, clock: Callable[[], float] = time.monotonic, size: int = 1024
     ) -> None:
         self.budget = budget
-        self._clock = clock
+        self._clock = SteadyClock(clock)
         self._size = size
-        self._buckets: dict[Origin, _Bucket] = {}
+        self._buckets: OrderedDict[Origin, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        """The origins the book holds a bucket for."""
+        return len(self._buckets)
 
     def deposit(self, origin: Origin) -> None:
         """A new request to ``origin``: it earns the origin ``ratio`` tokens.
@@ -101,9 +126,16 @@ class BudgetBook:
         return self._refilled(origin).tokens
 
     def _new(self, origin: Origin) -> _Bucket:
-        if len(self._buckets) >= self._size:
-            del self._buckets[next(iter(self._buckets))]
-        bucket = self._buckets[origin] = _Bucket(self.budget.max_tokens, self._clock())
+        now = self._clock()
+        budget = self.budget
+
+        def full(bucket: _Bucket) -> bool:
+            return bucket.tokens + (now - bucket.updated) * budget.min_per_second >= (
+                budget.max_tokens
+            )
+
+        make_room(self._buckets, self._size, full)
+        bucket = self._buckets[origin] = _Bucket(budget.max_tokens, now)
         return bucket
 
     def _refilled(self, origin: Origin) -> _Bucket:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
@@ -15,7 +16,9 @@ import httpx
 
 from . import _otel
 from ._budget import BUDGET_EXTENSION, BudgetBook, Origin, origin_of
+from ._clock import SteadyClock
 from ._layer import Layer
+from ._lru import make_room
 from ._options import request_options
 from ._retry import Sleep
 from ._retry_policy import (
@@ -167,7 +170,8 @@ class LatencyWindow:
 
     The quantile is the nearest rank of the sorted samples, computed again
     only once a tenth of the samples are new, so asking for it per request
-    costs a comparison.
+    costs a comparison. A sample no clock could give (negative, NaN or
+    infinite) is left out: one NaN would spoil the sorting for good.
     """
 
     __slots__ = ("_cached", "_count", "_next", "_q", "_samples", "_stale")
@@ -184,6 +188,8 @@ class LatencyWindow:
         return self._count
 
     def add(self, seconds: float) -> None:
+        if not 0.0 <= seconds < math.inf:
+            return
         samples = self._samples
         samples[self._next] = seconds
         self._next = (self._next + 1) % len(samples)
@@ -289,8 +295,11 @@ class HedgingTransport(Layer):
 
     Hedges are logged at debug level and counted in
     ``http.client.request.hedges`` through ``meter_provider``. ``sleep``
-    waits the delay and ``clock`` (monotonic seconds) times the answers the
-    delay is learned from.
+    waits the delay and ``clock`` (monotonic seconds; a step back or NaN
+    counts as no time passed) times the answers the delay is learned from.
+    The latencies of the ``max_origins`` origins used last are kept; the
+    least recently used goes first (learning its delay again costs nothing
+    but a few hedges at ``max_delay``).
     """
 
     def __init__(
@@ -308,9 +317,9 @@ class HedgingTransport(Layer):
             raise ValueError(f"max_origins must be >= 1, got {max_origins}")
         self._policy = policy or DEFAULT_HEDGING_POLICY
         self._sleep = sleep
-        self._clock = clock
+        self._clock = SteadyClock(clock)
         self._max_origins = max_origins
-        self._windows: dict[Origin, LatencyWindow] = {}
+        self._windows: OrderedDict[Origin, LatencyWindow] = OrderedDict()
         self._hedges = _otel.counter(
             meter_provider,
             HEDGES_METRIC,
@@ -332,6 +341,8 @@ class HedgingTransport(Layer):
             window = self._windows.get(origin)
             if window is None:
                 window = self._add(origin, policy.window)
+            else:
+                self._windows.move_to_end(origin)
         delay = hedge_delay(policy, window)
         group = anyio.create_task_group()
         race = _Race(request, group, window)
@@ -372,9 +383,9 @@ class HedgingTransport(Layer):
         )
 
     def _add(self, origin: Origin, size: int) -> LatencyWindow:
+        # Every window is idle to the map: a race in flight holds its own.
+        make_room(self._windows, self._max_origins, _always)
         window = self._windows[origin] = LatencyWindow(size)
-        if len(self._windows) > self._max_origins:
-            del self._windows[next(iter(self._windows))]
         return window
 
     async def _hedge(self, race: _Race, policy: HedgingPolicy, delay: float) -> None:
@@ -445,6 +456,10 @@ class HedgingTransport(Layer):
             if port is not None:
                 attributes[SERVER_PORT] = port
             self._hedges.add(1, attributes)
+
+
+def _always(window: LatencyWindow) -> bool:
+    return True
 
 
 def _acceptable(response: httpx.Response, policy: HedgingPolicy) -> bool:

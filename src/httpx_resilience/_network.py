@@ -16,6 +16,7 @@ import httpcore
 import sniffio
 
 from . import _otel, _semconv
+from ._clock import SteadyClock, seconds
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -99,7 +100,8 @@ class DNSCache:
             raise ValueError(f"max_size must be at least 1, got {max_size!r}")
         self.ttl = ttl
         self.max_size = max_size
-        self._clock = clock
+        # A clock that steps back would keep entries past their TTL.
+        self._clock = SteadyClock(clock)
         self._entries: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
         self._pending: dict[str, _Pending] = {}
 
@@ -356,7 +358,7 @@ class TimedNetworkBackend(httpcore.AsyncNetworkBackend):
         attributes = {DNS_QUESTION_NAME: host}
         if error_type is not None:
             attributes[_semconv.ERROR_TYPE] = error_type
-        self._dns_duration.record(self._clock() - start, attributes)
+        self._dns_duration.record(seconds(self._clock() - start), attributes)
 
     async def _connect_one(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,9 +15,18 @@ from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
 from ._breaker import CIRCUIT_EXTENSION
-from ._budget import BUDGET_EXTENSION, BudgetBook, Origin, RetryBudget, origin_of
+from ._budget import (
+    BUDGET_EXTENSION,
+    MAX_BUDGET_BOOKS,
+    BudgetBook,
+    Origin,
+    RetryBudget,
+    origin_of,
+)
+from ._clock import SteadyClock
 from ._goaway import unprocessed_reason
 from ._layer import Layer
+from ._lru import make_room
 from ._options import EXTENSION, request_options
 from ._request_id import REQUEST_ID
 from ._retry_policy import (
@@ -115,13 +125,14 @@ class RetryTransport(Layer):
         super().__init__(transport)
         self._policy = policy or DEFAULT_POLICY
         self._sleep = sleep
-        self._clock = clock
+        self._clock = SteadyClock(clock)  # a step back or NaN: no time passed
         self._wall_clock = wall_clock
         # Tenacity strategies receive a RetryCallState, which names its
         # Retrying object; none of our loop runs inside it.
         self._retrying = AsyncRetrying(sleep=sleep)
-        # Token buckets per budget configuration, then per origin.
-        self._books: dict[RetryBudget, BudgetBook] = {}
+        # Token buckets per budget configuration (equal budgets share one),
+        # then per origin; at most MAX_BUDGET_BOOKS, the least recently used going.
+        self._books: OrderedDict[RetryBudget, BudgetBook] = OrderedDict()
         self._own_book: BudgetBook | None = None
         if self._policy.budget is not None:
             self._own_book = BudgetBook(self._policy.budget, clock=clock)
@@ -195,7 +206,10 @@ class RetryTransport(Layer):
         # budget on every request costs more than the deposit itself.
         book = self._own_book if policy is self._policy else self._books.get(policy.budget)
         if book is None:
+            make_room(self._books, MAX_BUDGET_BOOKS, lambda other: other is not self._own_book)
             book = self._books[policy.budget] = BudgetBook(policy.budget, clock=self._clock)
+        elif book is not self._own_book:
+            self._books.move_to_end(policy.budget)
         origin = origin_of(request.url)
         book.deposit(origin)
         # Hedging, inside this layer, draws on the same tokens.

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from . import _otel, _semconv
+from ._clock import seconds
 from ._network import TIMED_STREAM, TimedStream
 
 if TYPE_CHECKING:
@@ -78,15 +79,15 @@ class ConnectionMetrics:
         meter = _otel.get_meter(meter_provider)
         return None if meter is None else cls(meter)
 
-    def opened(self, url: httpx.URL, seconds: float) -> None:
+    def opened(self, url: httpx.URL, duration: float) -> None:
         attributes = _attributes(url)
-        self._setup.record(seconds, attributes)
+        self._setup.record(seconds(duration), attributes)
         self._opened.add(1, attributes)
 
-    def failed(self, url: httpx.URL, seconds: float, exc: object) -> None:
+    def failed(self, url: httpx.URL, duration: float, exc: object) -> None:
         attributes = _attributes(url)
         attributes[_semconv.ERROR_TYPE] = type(exc).__name__
-        self._setup.record(seconds, attributes)
+        self._setup.record(seconds(duration), attributes)
 
 
 def _attributes(url: httpx.URL) -> dict[str, str | int]:
@@ -224,8 +225,8 @@ class TimingsRecorder:
                 self._opened(now - self._connect_start)
             else:  # _SETUP_FAILED
                 if self._metrics is not None:
-                    seconds = now - self._connect_start
-                    self._metrics.failed(self._request.url, seconds, info.get("exception"))
+                    duration = now - self._connect_start
+                    self._metrics.failed(self._request.url, duration, info.get("exception"))
                 self._connect_start = None
         if self.chained is not None:
             await self.chained(name, info)
@@ -242,7 +243,10 @@ class TimingsRecorder:
         self._connect_start = None
 
     def finish(self, end: float) -> Timings:
-        """The attempt's ``Timings``, its response headers having arrived at ``end``."""
+        """The attempt's ``Timings``, its response headers having arrived at ``end``.
+
+        A clock that stepped back or gave NaN makes a phase 0, never negative or NaN.
+        """
         send = self._send if self._send is not None else end
         wait = self._wait if self._wait is not None else end
         headers = self._headers if self._headers is not None else end
@@ -251,22 +255,23 @@ class TimingsRecorder:
         connect: float | None
         tls: float | None
         if isinstance(stream, TimedStream):
-            dns, connect, tls = stream.dns, stream.connect, stream.tls
+            dns = None if stream.dns is None else seconds(stream.dns)
+            connect = seconds(stream.connect)
+            tls = None if stream.tls is None else seconds(stream.tls)
             setup = (dns or 0.0) + connect + (tls or 0.0)
             reused = False
         else:
             dns = connect = tls = None
             setup = 0.0
             reused = stream is None
-        queue = send - self._start - setup
         # Positional: a frozen dataclass is slow enough to build as it is.
         return Timings(
             dns,
             connect,
             tls,
-            queue if queue > 0.0 else 0.0,
-            wait - send,
-            headers - wait,
-            end - self._start,
+            seconds(send - self._start - setup),
+            seconds(wait - send),
+            seconds(headers - wait),
+            seconds(end - self._start),
             reused,
         )

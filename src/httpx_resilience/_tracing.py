@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httpx
 
 from . import _otel
+from ._clock import seconds
 from ._layer import Layer
 from ._redact import SENSITIVE_QUERY_PARAMETERS, redact_url
 from ._request_id import REQUEST_ID, REQUEST_ID_HEADER
@@ -260,9 +260,9 @@ def _peer(response: httpx.Response) -> tuple[str, int] | None:
     return None
 
 
-def _nanoseconds(seconds: float) -> int:
+def _nanoseconds(duration: float) -> int:
     """Whole nanoseconds of a phase; 0 for a figure no clock could give (NaN, infinite)."""
-    return int(seconds * 1e9) if 0.0 <= seconds < math.inf else 0
+    return int(seconds(duration) * 1e9)
 
 
 def _qualified_name(exc: BaseException) -> str:
@@ -376,14 +376,14 @@ class _Attempt:
     def _setup_events(self, timings: Timings) -> None:
         """DNS, TCP connect and TLS of a new connection, as events at their ends."""
         at = self._start_ns + _nanoseconds(timings.queue)
-        for name, seconds in (
+        for name, phase in (
             (DNS_EVENT, timings.dns),
             (CONNECT_EVENT, timings.connect),
             (TLS_EVENT, timings.tls),
         ):
-            if seconds is not None:
-                at += _nanoseconds(seconds)
-                self._span.add_event(name, {PHASE_DURATION: seconds}, timestamp=at)
+            if phase is not None:
+                at += _nanoseconds(phase)
+                self._span.add_event(name, {PHASE_DURATION: phase}, timestamp=at)
 
     def end(self, exc: BaseException | None) -> None:
         """End the span and record the duration, once; never raises."""
