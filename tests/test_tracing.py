@@ -1060,6 +1060,24 @@ async def test_telemetry_that_fails_never_fails_the_request_and_ends_its_span_on
     assert [span.ends for span in provider.tracer.spans] == [1, 1]
 
 
+async def test_a_tracer_that_cannot_start_a_span_never_fails_the_request() -> None:
+    class Unstartable(BrokenTracer):
+        def start_span(self, *args: Any, **kwargs: Any) -> BrokenSpan:
+            raise RuntimeError("sampler bug")
+
+    provider = BrokenTracerProvider()
+    provider.tracer = Unstartable()
+    script = Script([200])
+    transport = TracingTransport(
+        script.transport(),
+        tracer_provider=provider,  # type: ignore[arg-type]
+        meter_provider=NoOpMeterProvider(),
+    )
+    async with httpx.AsyncClient(transport=transport) as client:
+        assert (await client.get(URL)).status_code == 200
+    assert len(script.requests) == 1
+
+
 async def test_a_refused_header_value_never_reaches_the_span(telemetry: Telemetry) -> None:
     # h11 refuses a header value ending in a newline (a pasted token, say) and
     # quotes it in its message; the span carries the error's type, not its text.

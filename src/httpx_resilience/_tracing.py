@@ -132,10 +132,18 @@ class TracingTransport(Layer):
         else:
             attempts.next(request.headers)
         method = request.method
-        span = self._tracer.start_span(
-            method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT
-        )
-        recording = span.is_recording()
+        span = None
+        try:
+            span = self._tracer.start_span(
+                method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT
+            )
+            recording = span.is_recording()
+        except Exception as exc:
+            # An SDK that fails costs the attempt its span, not its request.
+            _telemetry_failed(exc)
+            if span is not None:
+                _end_quietly(span)
+            return self._transport.handle_async_request(request)
         if not (recording or parent or _otel.may_record(self._duration)):
             # Nothing would be recorded or passed on (the API without an SDK,
             # the usual case): the attempt costs its span, which does not
