@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import struct
 import subprocess
@@ -44,6 +45,7 @@ from httpx_resilience import (
     TracingTransport,
     request_id,
 )
+from httpx_resilience._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from httpx_resilience._otel import DURATION_BUCKETS
 
 from .fakes import FakeSleep, Script
@@ -1109,3 +1111,21 @@ async def test_exception_text_never_reaches_the_span(telemetry: Telemetry) -> No
     )
     assert "tok-3f9a1c" not in recorded
     assert attrs(span)["error.type"] == "LocalProtocolError"
+
+
+async def test_retry_and_breaker_logs_carry_no_exception_text_nor_header_values(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    error = httpx.ReadError("reset while sending 'Bearer tok-3f9a1c'")
+    script = Script([error, error, 503])
+    policy = CircuitBreakerPolicy(min_calls=2, failure_ratio=0.5)
+    breaker = CircuitBreakerTransport(telemetry.tracing(script.transport()), policy)
+    transport = telemetry.retrying(breaker)
+    caplog.set_level(logging.DEBUG, logger="httpx_resilience")
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.ReadError):
+            await client.get(URL, headers={"Authorization": "Bearer tok-3f9a1c"})
+    assert [r.message for r in caplog.records if "retrying" in r.message]
+    assert [r.message for r in caplog.records if "circuit breaker opened" in r.message]
+    logged = repr([(r.getMessage(), r.__dict__) for r in caplog.records])
+    assert "tok-3f9a1c" not in logged
