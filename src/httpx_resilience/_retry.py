@@ -113,6 +113,8 @@ class RetryTransport(Layer):
         meter_provider: MeterProvider | None = None,
     ) -> None:
         super().__init__(transport)
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise TypeError(f"policy must be a RetryPolicy or None, got {policy!r}")
         self._policy = policy or DEFAULT_POLICY
         self._sleep = sleep
         self._clock = clock

@@ -13,6 +13,7 @@ from tenacity import Future, RetryCallState, stop_after_attempt, wait_exponentia
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
+from . import _checks
 from ._breaker import CircuitOpenError
 from ._budget import RetryBudget
 from ._goaway import unprocessed_reason
@@ -81,36 +82,25 @@ class RetryPolicy:
     deadline_header: str | None = None
 
     def __post_init__(self) -> None:
-        statuses = frozenset(self.statuses)
-        for status in statuses:
-            if not isinstance(status, int) or not 400 <= status <= 599:
-                raise ValueError(
-                    f"cannot retry on status {status!r}: retry statuses must be "
-                    "HTTP error codes from 400 to 599"
-                )
-        exceptions = tuple(self.exceptions)
-        for exc in exceptions:
-            if not (isinstance(exc, type) and issubclass(exc, Exception)):
-                raise TypeError(f"exceptions must be Exception subclasses, got {exc!r}")
-        if self.max_retry_after < 0:
-            raise ValueError(f"max_retry_after must be >= 0 seconds, got {self.max_retry_after}")
-        if self.unprocessed_resends < 0:
-            raise ValueError(f"unprocessed_resends must be >= 0, got {self.unprocessed_resends}")
-        if self.deadline is not None and not self.deadline > 0:
-            raise ValueError(f"deadline must be > 0 seconds, got {self.deadline}")
+        statuses = _checks.statuses("statuses", self.statuses, low=400, high=599)
+        exceptions = _checks.exception_types("exceptions", self.exceptions)
+        methods = _checks.methods("idempotent_methods", self.idempotent_methods)
+        _checks.header_name("idempotency_header", self.idempotency_header)
+        _checks.flag("respect_retry_after", self.respect_retry_after)
+        _checks.number("max_retry_after", self.max_retry_after)
+        # A float or NaN here never counted down: re-sends without end.
+        resends = _checks.count("unprocessed_resends", self.unprocessed_resends)
+        _checks.optional_number("deadline", self.deadline, above_minimum=True)
+        if self.deadline_header is not None:
+            _checks.header_name("deadline_header", self.deadline_header)
         if self.budget is not None and not isinstance(self.budget, RetryBudget):
             raise TypeError(f"budget must be a RetryBudget or None, got {self.budget!r}")
-        if self.deadline_header == "":
-            raise ValueError("deadline_header must be a header name or None")
-        if not self.idempotency_header:
-            raise ValueError("idempotency_header must be a header name")
         _check_stop(self.stop)
         _check_wait(self.wait)
         object.__setattr__(self, "statuses", statuses)
         object.__setattr__(self, "exceptions", exceptions)
-        object.__setattr__(
-            self, "idempotent_methods", frozenset(m.upper() for m in self.idempotent_methods)
-        )
+        object.__setattr__(self, "idempotent_methods", methods)
+        object.__setattr__(self, "unprocessed_resends", resends)
 
     def next_wait(self, state: RetryCallState, retry_after: float | None = None) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up.
