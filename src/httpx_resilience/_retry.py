@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import httpx
@@ -149,7 +150,7 @@ class RetryTransport(Layer):
             policy = self._policy_for(options)
             deadline = options.get("deadline", None if policy is None else policy.deadline)
         if deadline is not None:
-            return await self._within_deadline(request, policy, _check_deadline(deadline))
+            return await self._within_deadline(request, policy, deadline)
         # Decided before the first attempt: a transport may swap in a
         # replayable copy of a body it has consumed (MockTransport does).
         if policy is None or not is_replayable(request):
@@ -185,7 +186,12 @@ class RetryTransport(Layer):
             return self._deliver(await self._send(request, limit, policy), _FIRST_TRY, limit)
         budget = self._lend_budget(request, policy)
         outcome = await self._send(request, limit, policy)
-        if retry_reason(request, outcome, policy) is not None:
+        try:
+            reason = retry_reason(request, outcome, policy)
+        except BaseException:
+            await _abandon(outcome)
+            raise
+        if reason is not None:
             return await self._retry(request, policy, outcome, start, budget, limit)
         return self._deliver(outcome, _FIRST_TRY, limit)
 
@@ -205,14 +211,12 @@ class RetryTransport(Layer):
         return book, origin
 
     def _policy_for(self, options: Mapping[str, Any]) -> RetryPolicy | None:
-        option = options.get("retry", True)
+        option = options.get("retry", True)  # checked by request_options()
         if option is True:
             return self._policy
         if option is False:
             return None
-        if isinstance(option, RetryPolicy):
-            return option
-        raise TypeError(f'the "retry" option must be True, False or a RetryPolicy, got {option!r}')
+        return cast(RetryPolicy, option)
 
     async def _retry(
         self,
@@ -229,7 +233,13 @@ class RetryTransport(Layer):
         sends = 1
         unprocessed_left = policy.unprocessed_resends
         while True:
-            reason = retry_reason(request, outcome, policy)
+            # Whatever raises while a response is held closes it first, or
+            # its connection never goes back to the pool.
+            try:
+                reason = retry_reason(request, outcome, policy)
+            except BaseException:
+                await _abandon(outcome)
+                raise
             if reason is None:
                 break
             if (
@@ -245,26 +255,31 @@ class RetryTransport(Layer):
                 outcome = await self._send(request, limit, policy)
                 sends += 1
                 continue
-            now = self._clock()
-            _record(state, outcome, now)
-            retry_after = None
-            if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
-                header = outcome.headers.get("Retry-After")
-                if header is not None:
-                    retry_after = parse_retry_after(header, self._wall_clock())
-            wait = policy.next_wait(state, retry_after)
-            if wait is None or (limit is not None and now + wait >= limit.at):
-                break
-            breaker = request.extensions.get(CIRCUIT_EXTENSION)
-            if breaker is not None and breaker.retry_in(request.url) > wait:
-                break  # the failure opened the origin's circuit: waiting would only meet it
-            if budget is not None and not budget[0].withdraw(
-                budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
-            ):
-                _log_budget_spent(request, reason)
-                break
-            events.append(RetryEvent(state.attempt_number, reason, wait))
-            self._report(request, state.attempt_number, reason, wait)
+            # The clocks, the user's strategies and the report may raise too.
+            try:
+                now = self._clock()
+                _record(state, outcome, now)
+                retry_after = None
+                if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
+                    header = outcome.headers.get("Retry-After")
+                    if header is not None:
+                        retry_after = parse_retry_after(header, self._wall_clock())
+                wait = policy.next_wait(state, retry_after)
+                if wait is None or (limit is not None and now + wait >= limit.at):
+                    break
+                breaker = request.extensions.get(CIRCUIT_EXTENSION)
+                if breaker is not None and breaker.retry_in(request.url) > wait:
+                    break  # the failure opened the origin's circuit: waiting would only meet it
+                if budget is not None and not budget[0].withdraw(
+                    budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
+                ):
+                    _log_budget_spent(request, reason)
+                    break
+                events.append(RetryEvent(state.attempt_number, reason, wait))
+                self._report(request, state.attempt_number, reason, wait)
+            except BaseException:
+                await _abandon(outcome)
+                raise
             if isinstance(outcome, httpx.Response):
                 await _discard(outcome)
             await self._sleep(wait)
@@ -428,12 +443,25 @@ async def _discard(response: httpx.Response) -> None:
     """
     length = response.headers.get("Content-Length", "")
     try:
-        if length.isdigit() and int(length) <= DRAIN_LIMIT:
+        # ASCII digits only: int() refuses some that isdigit() accepts ("²").
+        if length.isascii() and length.isdigit() and int(length) <= DRAIN_LIMIT:
             await response.aread()
-    except httpx.TransportError:
-        pass  # the connection is gone anyway; the retry will find another
+    except httpx.HTTPError:
+        pass  # a reset, a body that does not decode: the retry will do without it
     finally:
-        await response.aclose()
+        await _abandon(response)
+
+
+async def _abandon(outcome: httpx.Response | Exception) -> None:
+    """Close a response on the way out of an error or a cancellation, whatever happens.
+
+    Shielded: a cancelled caller must still give the connection back.
+    """
+    if not isinstance(outcome, httpx.Response):
+        return
+    # The error on its way out is the one to report, not one from closing.
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await outcome.aclose()
 
 
 def _record(state: RetryCallState, outcome: httpx.Response | Exception, now: float) -> None:
