@@ -153,7 +153,8 @@ async def test_a_slow_origin_gives_the_deadline_error_not_a_hang(servers: Server
         with pytest.raises(DeadlineExceeded, match=r"deadline of 0\.3 s ran out") as caught:
             await client.get("/delay", params={"seconds": 3})
     assert isinstance(caught.value, httpx.TimeoutException)
-    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    # Cut by the deadline's cancel scope, or by the read timeout cut to it.
+    assert caught.value.__cause__ is None or isinstance(caught.value.__cause__, httpx.ReadTimeout)
 
 
 async def test_a_deadline_applies_without_retries_too(servers: ServerThread) -> None:

@@ -307,7 +307,7 @@ class RetryTransport(Layer):
             and not isinstance(outcome, DeadlineExceeded)
             and limit.passed()
         ):
-            raise limit.exceeded(history.attempts) from outcome
+            raise limit.exceeded() from outcome
         if history.events:
             _add_note(outcome, history)
         raise outcome
@@ -315,21 +315,38 @@ class RetryTransport(Layer):
     async def _send(
         self, request: httpx.Request, limit: _Deadline | None, policy: RetryPolicy | None
     ) -> httpx.Response | Exception:
-        if limit is not None:
-            left = limit.at - self._clock()
-            if left <= 0:
-                return limit.exceeded(0)
-            # Each attempt gets what is left of the deadline, at most.
-            request.extensions["timeout"] = limit.cut(left)
-            header = None if policy is None else policy.deadline_header
-            if header is not None:
-                request.headers[header] = f"{left:.3f}"
-        try:
-            return await self._transport.handle_async_request(request)
-        except Exception as exc:
-            if limit is not None:
+        """One attempt: its response or the exception it raised; cancellation propagates."""
+        if limit is None:
+            try:
+                return await self._transport.handle_async_request(request)
+            except Exception as exc:
+                return exc
+        left = limit.at - self._clock()
+        if not left > 0:
+            return limit.exceeded()
+        # Each attempt gets what is left of the deadline, at most.
+        request.extensions["timeout"] = limit.cut(left)
+        header = None if policy is None else policy.deadline_header
+        if header is not None:
+            request.headers[header] = f"{left:.3f}"
+        limit.attempts += 1
+        # Per-read timeouts alone never end a server that keeps every read
+        # busy (a status line a byte at a time, 1xx after 1xx, PINGs): the
+        # scope bounds the attempt as a whole. It ends once the response is
+        # returned; reading its body is the caller's business.
+        with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
+            try:
+                return await self._transport.handle_async_request(request)
+            except Exception as exc:
                 limit.ended_at = self._clock()
-            return exc
+                if scope.cancel_called:
+                    # A layer below turned our cancellation into an error.
+                    return limit.exceeded(exc)
+                return exc
+        # Only our own deadline ends up here: the scope lets the caller's
+        # cancellation go on up as it is.
+        limit.ended_at = self._clock()
+        return limit.exceeded()
 
     def _report(self, request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
         """Tell the log, the retry counter and the caller's span about one retry."""
@@ -375,13 +392,15 @@ _TIMEOUTS = ("connect", "read", "write", "pool")
 class _Deadline:
     """One request's deadline, across its attempts."""
 
-    __slots__ = ("at", "ended_at", "seconds", "timeouts")
+    __slots__ = ("at", "attempts", "ended_at", "seconds", "timeouts")
 
     def __init__(self, seconds: float, at: float, timeouts: Mapping[str, float | None] | None):
         self.seconds = seconds
         self.at = at
         self.timeouts = timeouts or {}
         self.ended_at: float | None = None
+        #: Attempts sent so far (one cut short by the deadline included).
+        self.attempts = 0
 
     def cut(self, left: float) -> dict[str, float]:
         """The caller's httpx timeouts, none longer than what is left."""
@@ -395,15 +414,12 @@ class _Deadline:
         """Whether the last attempt failed at the deadline (so its timeout was ours)."""
         return self.ended_at is not None and self.ended_at >= self.at - 0.001
 
-    def exceeded(self, attempts: int) -> DeadlineExceeded:
+    def exceeded(self, cause: Exception | None = None) -> DeadlineExceeded:
+        attempts = self.attempts
         tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
-        return DeadlineExceeded(f"the request's deadline of {self.seconds:g} s ran out{tried}")
-
-
-def _check_deadline(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"a deadline must be a number of seconds > 0, got {value!r}")
-    return float(value)
+        error = DeadlineExceeded(f"the request's deadline of {self.seconds:g} s ran out{tried}")
+        error.__cause__ = cause
+        return error
 
 
 def _log_budget_spent(request: httpx.Request, reason: str) -> None:
