@@ -212,7 +212,8 @@ async def test_a_slow_origin_gives_the_deadline_error_not_a_hang(servers: Server
         with pytest.raises(DeadlineExceeded, match=r"deadline of 0\.3 s ran out") as caught:
             await client.get("/delay", params={"seconds": 3})
     assert isinstance(caught.value, httpx.TimeoutException)
-    assert isinstance(caught.value.__cause__, httpx.ReadTimeout)
+    # Cut by the deadline's cancel scope, or by the read timeout cut to it.
+    assert caught.value.__cause__ is None or isinstance(caught.value.__cause__, httpx.ReadTimeout)
 
 
 async def test_a_deadline_applies_without_retries_too(servers: ServerThread) -> None:
@@ -226,12 +227,15 @@ async def test_a_deadline_applies_without_retries_too(servers: ServerThread) -> 
             )
 
 
-@pytest.mark.parametrize("deadline", [0, -1, "1", True])
-async def test_bad_deadlines_are_refused(deadline: object) -> None:
+@pytest.mark.parametrize(
+    ("deadline", "error"), [(0, ValueError), (-1, ValueError), ("1", TypeError), (True, TypeError)]
+)
+async def test_bad_deadlines_are_refused(deadline: object, error: type[Exception]) -> None:
     script, sleep = Script([200]), FakeSleep()
     async with httpx.AsyncClient(transport=_transport(script, NO_WAIT, sleep)) as client:
-        with pytest.raises(ValueError, match="deadline"):
+        with pytest.raises(error, match="deadline"):
             await client.get(URL, extensions={"resilience": {"deadline": deadline}})
+    assert script.requests == []
     with pytest.raises(ValueError, match="deadline"):
         RetryPolicy(deadline=0)
 

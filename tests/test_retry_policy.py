@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 from collections.abc import AsyncIterator
 
 import h2.errors
@@ -170,6 +171,27 @@ NOW = 1_700_000_000.0
         ("1.5", None),
         ("soon", None),
         ("", None),
+        ("007", 7.0),
+        # RFC 9110's other two date forms, both in the past here
+        ("Sunday, 06-Nov-94 08:49:37 GMT", 0.0),
+        ("Sun Nov  6 08:49:37 1994", 0.0),
+        # Only ASCII digits are delta-seconds (str.isdigit() takes more)
+        ("²", None),
+        ("1²", None),
+        ("١٢", None),
+        ("\uff11\uff10", None),  # fullwidth 10
+        ("½", None),
+        ("1 2", None),
+        ("+1", None),
+        ("0x10", None),
+        # Too long for a float: longer than any max_retry_after
+        ("9" * 5000, math.inf),
+        # Not an HTTP-date: a zone other than GMT, a day that does not exist
+        ("Wed, 21 Oct 2026 07:28:00 +0100", None),
+        ("Wed, 31 Feb 2026 07:28:00 GMT", None),
+        ("Wed, 21 Oct 2026 07:28:00 GMT²", None),
+        ("Wed, 21 Oct 99999 07:28:00 GMT", None),
+        ("Wed, 21 Oct 2026 25:28:00 GMT", None),
     ],
 )
 def test_parse_retry_after(value: str, expected: float | None) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, cast
 
 import httpx
 
-from . import _otel
+from . import _checks, _otel
 from ._budget import Origin, origin_of
 from ._clock import SteadyClock
 from ._goaway import unprocessed_reason
@@ -95,26 +95,17 @@ class CircuitBreakerPolicy:
     exceptions: Iterable[type[Exception]] = DEFAULT_FAILURE_EXCEPTIONS
 
     def __post_init__(self) -> None:
+        _checks.real("failure_ratio", self.failure_ratio, unit="")
         if not 0 < self.failure_ratio <= 1:
-            raise ValueError(f"failure_ratio must be in (0, 1], got {self.failure_ratio}")
-        if self.min_calls < 1:
-            raise ValueError(f"min_calls must be >= 1, got {self.min_calls}")
-        if not self.window > 0:
-            raise ValueError(f"window must be > 0 seconds, got {self.window}")
-        if self.break_duration < 0:
-            raise ValueError(f"break_duration must be >= 0 seconds, got {self.break_duration}")
-        if self.probes < 1:
-            raise ValueError(
-                f"probes must be >= 1 so that the circuit can close, got {self.probes}"
-            )
-        statuses = frozenset(self.statuses)
-        for status in statuses:
-            if not isinstance(status, int) or not 100 <= status <= 599:
-                raise ValueError(f"failure statuses must be HTTP status codes, got {status!r}")
-        exceptions = tuple(self.exceptions)
-        for exc in exceptions:
-            if not (isinstance(exc, type) and issubclass(exc, Exception)):
-                raise TypeError(f"exceptions must be Exception subclasses, got {exc!r}")
+            raise ValueError(f"failure_ratio must be in (0, 1], got {self.failure_ratio!r}")
+        min_calls = _checks.count("min_calls", self.min_calls, minimum=1)
+        _checks.number("window", self.window, above_minimum=True)
+        _checks.number("break_duration", self.break_duration)
+        probes = _checks.count("probes", self.probes, minimum=1)  # else it never closes
+        statuses = _checks.statuses("statuses", self.statuses, low=100, high=599)
+        exceptions = _checks.exception_types("exceptions", self.exceptions)
+        object.__setattr__(self, "min_calls", min_calls)
+        object.__setattr__(self, "probes", probes)
         object.__setattr__(self, "statuses", statuses)
         object.__setattr__(self, "exceptions", exceptions)
 
@@ -386,8 +377,9 @@ class CircuitBreakerTransport(Layer):
         max_origins: int = 1024,
     ) -> None:
         super().__init__(transport)
-        if max_origins < 1:
-            raise ValueError(f"max_origins must be >= 1, got {max_origins}")
+        if policy is not None and not isinstance(policy, CircuitBreakerPolicy):
+            raise TypeError(f"policy must be a CircuitBreakerPolicy or None, got {policy!r}")
+        max_origins = _checks.count("max_origins", max_origins, minimum=1)
         self._policy = policy or DEFAULT_BREAKER_POLICY
         self._clock = clock
         self._max_origins = max_origins

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from . import _checks
 from ._clock import SteadyClock
 from ._lru import make_room
 
@@ -52,16 +53,11 @@ class RetryBudget:
     timeout_cost: float = 2.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.ratio <= 1:
-            raise ValueError(f"ratio must be between 0 and 1, got {self.ratio}")
-        if self.max_tokens < 1:
-            raise ValueError(
-                f"max_tokens must be >= 1 so that one retry fits, got {self.max_tokens}"
-            )
-        if self.min_per_second < 0:
-            raise ValueError(f"min_per_second must be >= 0, got {self.min_per_second}")
-        if self.timeout_cost < 0:
-            raise ValueError(f"timeout_cost must be >= 0, got {self.timeout_cost}")
+        _checks.number("ratio", self.ratio, maximum=1, unit="")
+        # NaN here compared False everywhere: the budget was silently off.
+        _checks.number("max_tokens", self.max_tokens, minimum=1, unit="tokens")
+        _checks.number("min_per_second", self.min_per_second, unit="tokens per second")
+        _checks.number("timeout_cost", self.timeout_cost, unit="tokens")
 
 
 class _Bucket:

@@ -14,7 +14,7 @@ import anyio
 import anyio.abc
 import httpx
 
-from . import _otel
+from . import _checks, _otel
 from ._budget import BUDGET_EXTENSION, BudgetBook, Origin, origin_of
 from ._clock import SteadyClock
 from ._layer import Layer
@@ -84,28 +84,25 @@ class HedgingPolicy:
     methods: Iterable[str] = SAFE_METHODS
 
     def __post_init__(self) -> None:
-        if self.delay is not None and self.delay < 0:
-            raise ValueError(f"delay must be >= 0 seconds or None, got {self.delay}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        # NaN here made every hedged request fail inside the task group.
+        _checks.optional_number("delay", self.delay)
+        max_attempts = _checks.count("max_attempts", self.max_attempts, minimum=1)
+        _checks.real("percentile", self.percentile, unit="")
         if not 0 < self.percentile < 1:
-            raise ValueError(f"percentile must be between 0 and 1, got {self.percentile}")
+            raise ValueError(f"percentile must be between 0 and 1, got {self.percentile!r}")
+        _checks.real("min_delay", self.min_delay)
+        _checks.real("max_delay", self.max_delay)
         if not 0 <= self.min_delay <= self.max_delay:
             raise ValueError(
                 "need 0 <= min_delay <= max_delay, "
-                f"got min_delay={self.min_delay}, max_delay={self.max_delay}"
+                f"got min_delay={self.min_delay!r}, max_delay={self.max_delay!r}"
             )
-        if self.window < 1:
-            raise ValueError(f"window must be >= 1, got {self.window}")
-        if not 1 <= self.min_samples <= self.window:
-            raise ValueError(
-                f"min_samples must be from 1 to window ({self.window}), got {self.min_samples}"
-            )
-        statuses = frozenset(self.statuses)
-        for status in statuses:
-            if not isinstance(status, int) or not 100 <= status <= 599:
-                raise ValueError(f"statuses must be HTTP status codes, got {status!r}")
-        methods = frozenset(method.upper() for method in self.methods)
+        window = _checks.count("window", self.window, minimum=1)
+        min_samples = _checks.count("min_samples", self.min_samples)
+        if not 1 <= min_samples <= window:
+            raise ValueError(f"min_samples must be from 1 to window ({window}), got {min_samples}")
+        statuses = _checks.statuses("statuses", self.statuses, low=100, high=599)
+        methods = _checks.methods("methods", self.methods)
         unsafe = methods - IDEMPOTENT_METHODS
         if unsafe:
             # Two copies of a POST run at the same time: even with an
@@ -114,6 +111,9 @@ class HedgingPolicy:
                 f"cannot hedge {', '.join(sorted(unsafe))}: only idempotent methods "
                 f"({', '.join(sorted(IDEMPOTENT_METHODS))}) may run twice at once"
             )
+        object.__setattr__(self, "max_attempts", max_attempts)
+        object.__setattr__(self, "window", window)
+        object.__setattr__(self, "min_samples", min_samples)
         object.__setattr__(self, "statuses", statuses)
         object.__setattr__(self, "methods", methods)
 
@@ -313,8 +313,9 @@ class HedgingTransport(Layer):
         max_origins: int = 1024,
     ) -> None:
         super().__init__(transport)
-        if max_origins < 1:
-            raise ValueError(f"max_origins must be >= 1, got {max_origins}")
+        if policy is not None and not isinstance(policy, HedgingPolicy):
+            raise TypeError(f"policy must be a HedgingPolicy or None, got {policy!r}")
+        max_origins = _checks.count("max_origins", max_origins, minimum=1)
         self._policy = policy or DEFAULT_HEDGING_POLICY
         self._sleep = sleep
         self._clock = SteadyClock(clock)
@@ -371,16 +372,13 @@ class HedgingTransport(Layer):
         raise outcome
 
     def _policy_for(self, request: httpx.Request) -> HedgingPolicy | None:
+        # The first layer to read the options checked them all, before sending.
         option = request_options(request).get("hedge", True)
         if option is True:
             return self._policy
         if option is False:
             return None
-        if isinstance(option, HedgingPolicy):
-            return option
-        raise TypeError(
-            f'the "hedge" option must be True, False or a HedgingPolicy, got {option!r}'
-        )
+        return cast(HedgingPolicy, option)
 
     def _add(self, origin: Origin, size: int) -> LatencyWindow:
         # Every window is idle to the map: a race in flight holds its own.

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 
 import httpx
 
+from . import _checks
 from ._layer import Layer
 
 
@@ -34,11 +35,10 @@ class IdempotencyKeyTransport(Layer):
         methods: Iterable[str] = ("POST", "PATCH"),
         new_key: Callable[[], str] = new_idempotency_key,
     ) -> None:
-        if not header:
-            raise ValueError("header must be a header name")
+        _checks.header_name("header", header)
         super().__init__(transport)
         self._header = header
-        self._methods = frozenset(method.upper() for method in methods)
+        self._methods = _checks.methods("methods", methods)  # "POST" alone is refused
         self._new_key = new_key
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

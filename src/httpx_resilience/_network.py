@@ -15,7 +15,7 @@ import anyio
 import httpcore
 import sniffio
 
-from . import _otel, _semconv
+from . import _checks, _otel, _semconv
 from ._clock import SteadyClock, seconds
 
 if TYPE_CHECKING:
@@ -94,10 +94,8 @@ class DNSCache:
     """
 
     def __init__(self, ttl: float, max_size: int = 256, *, clock: Clock = time.monotonic) -> None:
-        if not ttl > 0:
-            raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-        if max_size < 1:
-            raise ValueError(f"max_size must be at least 1, got {max_size!r}")
+        ttl = _checks.number("ttl", ttl, above_minimum=True)
+        max_size = _checks.count("max_size", max_size, minimum=1)
         self.ttl = ttl
         self.max_size = max_size
         # A clock that steps back would keep entries past their TTL.
@@ -244,8 +242,7 @@ class TimedNetworkBackend(httpcore.AsyncNetworkBackend):
         meter_provider: MeterProvider | None = None,
         clock: Clock = time.perf_counter,
     ) -> None:
-        if happy_eyeballs_delay < 0:
-            raise ValueError(f"happy_eyeballs_delay must be >= 0, got {happy_eyeballs_delay!r}")
+        happy_eyeballs_delay = _checks.number("happy_eyeballs_delay", happy_eyeballs_delay)
         self._backend = backend
         self._resolver = resolver
         self._cache = dns_cache

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 import httpx
@@ -123,6 +124,8 @@ class RetryTransport(Layer):
         meter_provider: MeterProvider | None = None,
     ) -> None:
         super().__init__(transport)
+        if policy is not None and not isinstance(policy, RetryPolicy):
+            raise TypeError(f"policy must be a RetryPolicy or None, got {policy!r}")
         self._policy = policy or DEFAULT_POLICY
         self._sleep = sleep
         self._clock = SteadyClock(clock)  # a step back or NaN: no time passed
@@ -158,7 +161,7 @@ class RetryTransport(Layer):
             policy = self._policy_for(options)
             deadline = options.get("deadline", None if policy is None else policy.deadline)
         if deadline is not None:
-            return await self._within_deadline(request, policy, _check_deadline(deadline))
+            return await self._within_deadline(request, policy, deadline)
         # Decided before the first attempt: a transport may swap in a
         # replayable copy of a body it has consumed (MockTransport does).
         if policy is None or not is_replayable(request):
@@ -194,7 +197,12 @@ class RetryTransport(Layer):
             return self._deliver(await self._send(request, limit, policy), _FIRST_TRY, limit)
         budget = self._lend_budget(request, policy)
         outcome = await self._send(request, limit, policy)
-        if retry_reason(request, outcome, policy) is not None:
+        try:
+            reason = retry_reason(request, outcome, policy)
+        except BaseException:
+            await _abandon(outcome)
+            raise
+        if reason is not None:
             return await self._retry(request, policy, outcome, start, budget, limit)
         return self._deliver(outcome, _FIRST_TRY, limit)
 
@@ -217,14 +225,12 @@ class RetryTransport(Layer):
         return book, origin
 
     def _policy_for(self, options: Mapping[str, Any]) -> RetryPolicy | None:
-        option = options.get("retry", True)
+        option = options.get("retry", True)  # checked by request_options()
         if option is True:
             return self._policy
         if option is False:
             return None
-        if isinstance(option, RetryPolicy):
-            return option
-        raise TypeError(f'the "retry" option must be True, False or a RetryPolicy, got {option!r}')
+        return cast(RetryPolicy, option)
 
     async def _retry(
         self,
@@ -241,7 +247,13 @@ class RetryTransport(Layer):
         sends = 1
         unprocessed_left = policy.unprocessed_resends
         while True:
-            reason = retry_reason(request, outcome, policy)
+            # Whatever raises while a response is held closes it first, or
+            # its connection never goes back to the pool.
+            try:
+                reason = retry_reason(request, outcome, policy)
+            except BaseException:
+                await _abandon(outcome)
+                raise
             if reason is None:
                 break
             if (
@@ -257,26 +269,31 @@ class RetryTransport(Layer):
                 outcome = await self._send(request, limit, policy)
                 sends += 1
                 continue
-            now = self._clock()
-            _record(state, outcome, now)
-            retry_after = None
-            if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
-                header = outcome.headers.get("Retry-After")
-                if header is not None:
-                    retry_after = parse_retry_after(header, self._wall_clock())
-            wait = policy.next_wait(state, retry_after)
-            if wait is None or (limit is not None and now + wait >= limit.at):
-                break
-            breaker = request.extensions.get(CIRCUIT_EXTENSION)
-            if breaker is not None and breaker.retry_in(request.url) > wait:
-                break  # the failure opened the origin's circuit: waiting would only meet it
-            if budget is not None and not budget[0].withdraw(
-                budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
-            ):
-                _log_budget_spent(request, reason)
-                break
-            events.append(RetryEvent(state.attempt_number, reason, wait))
-            self._report(request, state.attempt_number, reason, wait)
+            # The clocks, the user's strategies and the report may raise too.
+            try:
+                now = self._clock()
+                _record(state, outcome, now)
+                retry_after = None
+                if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
+                    header = outcome.headers.get("Retry-After")
+                    if header is not None:
+                        retry_after = parse_retry_after(header, self._wall_clock())
+                wait = policy.next_wait(state, retry_after)
+                if wait is None or (limit is not None and now + wait >= limit.at):
+                    break
+                breaker = request.extensions.get(CIRCUIT_EXTENSION)
+                if breaker is not None and breaker.retry_in(request.url) > wait:
+                    break  # the failure opened the origin's circuit: waiting would only meet it
+                if budget is not None and not budget[0].withdraw(
+                    budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
+                ):
+                    _log_budget_spent(request, reason)
+                    break
+                events.append(RetryEvent(state.attempt_number, reason, wait))
+                self._report(request, state.attempt_number, reason, wait)
+            except BaseException:
+                await _abandon(outcome)
+                raise
             if isinstance(outcome, httpx.Response):
                 await _discard(outcome)
             await self._sleep(wait)
@@ -304,7 +321,7 @@ class RetryTransport(Layer):
             and not isinstance(outcome, DeadlineExceeded)
             and limit.passed()
         ):
-            raise limit.exceeded(history.attempts) from outcome
+            raise limit.exceeded() from outcome
         if history.events:
             _add_note(outcome, history)
         raise outcome
@@ -312,21 +329,38 @@ class RetryTransport(Layer):
     async def _send(
         self, request: httpx.Request, limit: _Deadline | None, policy: RetryPolicy | None
     ) -> httpx.Response | Exception:
-        if limit is not None:
-            left = limit.at - self._clock()
-            if left <= 0:
-                return limit.exceeded(0)
-            # Each attempt gets what is left of the deadline, at most.
-            request.extensions["timeout"] = limit.cut(left)
-            header = None if policy is None else policy.deadline_header
-            if header is not None:
-                request.headers[header] = f"{left:.3f}"
-        try:
-            return await self._transport.handle_async_request(request)
-        except Exception as exc:
-            if limit is not None:
+        """One attempt: its response or the exception it raised; cancellation propagates."""
+        if limit is None:
+            try:
+                return await self._transport.handle_async_request(request)
+            except Exception as exc:
+                return exc
+        left = limit.at - self._clock()
+        if not left > 0:
+            return limit.exceeded()
+        # Each attempt gets what is left of the deadline, at most.
+        request.extensions["timeout"] = limit.cut(left)
+        header = None if policy is None else policy.deadline_header
+        if header is not None:
+            request.headers[header] = f"{left:.3f}"
+        limit.attempts += 1
+        # Per-read timeouts alone never end a server that keeps every read
+        # busy (a status line a byte at a time, 1xx after 1xx, PINGs): the
+        # scope bounds the attempt as a whole. It ends once the response is
+        # returned; reading its body is the caller's business.
+        with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
+            try:
+                return await self._transport.handle_async_request(request)
+            except Exception as exc:
                 limit.ended_at = self._clock()
-            return exc
+                if scope.cancel_called:
+                    # A layer below turned our cancellation into an error.
+                    return limit.exceeded(exc)
+                return exc
+        # Only our own deadline ends up here: the scope lets the caller's
+        # cancellation go on up as it is.
+        limit.ended_at = self._clock()
+        return limit.exceeded()
 
     def _report(self, request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
         """Tell the log, the retry counter and the caller's span about one retry."""
@@ -360,7 +394,9 @@ class DeadlineExceeded(httpx.TimeoutException):
     """The request's deadline ran out: all attempts and waits took too long.
 
     A subclass of ``httpx.TimeoutException``, so ``except httpx.TimeoutException``
-    (and ``except httpx.TransportError``) still catches it.
+    (and ``except httpx.TransportError``) still catches it. Raised when an
+    attempt is still waiting for its response at the deadline, however busy
+    the server keeps the connection; never for the caller's own cancellation.
     """
 
 
@@ -372,13 +408,15 @@ _TIMEOUTS = ("connect", "read", "write", "pool")
 class _Deadline:
     """One request's deadline, across its attempts."""
 
-    __slots__ = ("at", "ended_at", "seconds", "timeouts")
+    __slots__ = ("at", "attempts", "ended_at", "seconds", "timeouts")
 
     def __init__(self, seconds: float, at: float, timeouts: Mapping[str, float | None] | None):
         self.seconds = seconds
         self.at = at
         self.timeouts = timeouts or {}
         self.ended_at: float | None = None
+        #: Attempts sent so far (one cut short by the deadline included).
+        self.attempts = 0
 
     def cut(self, left: float) -> dict[str, float]:
         """The caller's httpx timeouts, none longer than what is left."""
@@ -392,15 +430,12 @@ class _Deadline:
         """Whether the last attempt failed at the deadline (so its timeout was ours)."""
         return self.ended_at is not None and self.ended_at >= self.at - 0.001
 
-    def exceeded(self, attempts: int) -> DeadlineExceeded:
+    def exceeded(self, cause: Exception | None = None) -> DeadlineExceeded:
+        attempts = self.attempts
         tried = f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
-        return DeadlineExceeded(f"the request's deadline of {self.seconds:g} s ran out{tried}")
-
-
-def _check_deadline(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"a deadline must be a number of seconds > 0, got {value!r}")
-    return float(value)
+        error = DeadlineExceeded(f"the request's deadline of {self.seconds:g} s ran out{tried}")
+        error.__cause__ = cause
+        return error
 
 
 def _log_budget_spent(request: httpx.Request, reason: str) -> None:
@@ -440,12 +475,25 @@ async def _discard(response: httpx.Response) -> None:
     """
     length = response.headers.get("Content-Length", "")
     try:
-        if length.isdigit() and int(length) <= DRAIN_LIMIT:
+        # ASCII digits only: int() refuses some that isdigit() accepts ("²").
+        if length.isascii() and length.isdigit() and int(length) <= DRAIN_LIMIT:
             await response.aread()
-    except httpx.TransportError:
-        pass  # the connection is gone anyway; the retry will find another
+    except httpx.HTTPError:
+        pass  # a reset, a body that does not decode: the retry will do without it
     finally:
-        await response.aclose()
+        await _abandon(response)
+
+
+async def _abandon(outcome: httpx.Response | Exception) -> None:
+    """Close a response on the way out of an error or a cancellation, whatever happens.
+
+    Shielded: a cancelled caller must still give the connection back.
+    """
+    if not isinstance(outcome, httpx.Response):
+        return
+    # The error on its way out is the one to report, not one from closing.
+    with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+        await outcome.aclose()
 
 
 def _record(state: RetryCallState, outcome: httpx.Response | Exception, now: float) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import email.utils
+import datetime
+import re
 import ssl
+import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -13,6 +15,7 @@ from tenacity import Future, RetryCallState, stop_after_attempt, wait_exponentia
 from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
+from . import _checks
 from ._breaker import CircuitOpenError
 from ._budget import RetryBudget
 from ._goaway import unprocessed_reason
@@ -81,36 +84,25 @@ class RetryPolicy:
     deadline_header: str | None = None
 
     def __post_init__(self) -> None:
-        statuses = frozenset(self.statuses)
-        for status in statuses:
-            if not isinstance(status, int) or not 400 <= status <= 599:
-                raise ValueError(
-                    f"cannot retry on status {status!r}: retry statuses must be "
-                    "HTTP error codes from 400 to 599"
-                )
-        exceptions = tuple(self.exceptions)
-        for exc in exceptions:
-            if not (isinstance(exc, type) and issubclass(exc, Exception)):
-                raise TypeError(f"exceptions must be Exception subclasses, got {exc!r}")
-        if self.max_retry_after < 0:
-            raise ValueError(f"max_retry_after must be >= 0 seconds, got {self.max_retry_after}")
-        if self.unprocessed_resends < 0:
-            raise ValueError(f"unprocessed_resends must be >= 0, got {self.unprocessed_resends}")
-        if self.deadline is not None and not self.deadline > 0:
-            raise ValueError(f"deadline must be > 0 seconds, got {self.deadline}")
+        statuses = _checks.statuses("statuses", self.statuses, low=400, high=599)
+        exceptions = _checks.exception_types("exceptions", self.exceptions)
+        methods = _checks.methods("idempotent_methods", self.idempotent_methods)
+        _checks.header_name("idempotency_header", self.idempotency_header)
+        _checks.flag("respect_retry_after", self.respect_retry_after)
+        _checks.number("max_retry_after", self.max_retry_after)
+        # A float or NaN here never counted down: re-sends without end.
+        resends = _checks.count("unprocessed_resends", self.unprocessed_resends)
+        _checks.optional_number("deadline", self.deadline, above_minimum=True)
+        if self.deadline_header is not None:
+            _checks.header_name("deadline_header", self.deadline_header)
         if self.budget is not None and not isinstance(self.budget, RetryBudget):
             raise TypeError(f"budget must be a RetryBudget or None, got {self.budget!r}")
-        if self.deadline_header == "":
-            raise ValueError("deadline_header must be a header name or None")
-        if not self.idempotency_header:
-            raise ValueError("idempotency_header must be a header name")
         _check_stop(self.stop)
         _check_wait(self.wait)
         object.__setattr__(self, "statuses", statuses)
         object.__setattr__(self, "exceptions", exceptions)
-        object.__setattr__(
-            self, "idempotent_methods", frozenset(m.upper() for m in self.idempotent_methods)
-        )
+        object.__setattr__(self, "idempotent_methods", methods)
+        object.__setattr__(self, "unprocessed_resends", resends)
 
     def next_wait(self, state: RetryCallState, retry_after: float | None = None) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up.
@@ -166,11 +158,9 @@ def is_idempotent(request: httpx.Request, policy: RetryPolicy) -> bool:
     decides (RFC 9110), and a POST or PATCH carrying an idempotency key
     counts as idempotent.
     """
-    flag = request_options(request).get("idempotent")
+    flag = request_options(request).get("idempotent")  # a bool or None once checked
     if flag is not None:
-        if not isinstance(flag, bool):
-            raise TypeError(f'the "idempotent" option must be True or False, got {flag!r}')
-        return flag
+        return flag is True
     return (
         request.method in policy.idempotent_methods or policy.idempotency_header in request.headers
     )
@@ -248,22 +238,77 @@ def is_retryable(
 
 
 def parse_retry_after(value: str, now: float) -> float | None:
-    """Seconds asked for by a ``Retry-After`` header, or ``None`` if unreadable.
+    """Seconds asked for by a ``Retry-After`` header, or ``None`` if it is not valid.
 
-    Both forms of RFC 9110 §10.2.3 are read: delta-seconds (``"120"``) and an
-    HTTP-date, taken relative to ``now`` (a POSIX timestamp). A date in the
-    past means "now".
+    Both forms of RFC 9110 §10.2.3 are read: delta-seconds (``"120"``, ASCII
+    digits only) and an HTTP-date (any of the three forms of §5.6.7, GMT),
+    taken relative to ``now`` (a POSIX timestamp). A date in the past means
+    "now"; a delay too long for a float is ``math.inf``. Anything else is
+    ``None``: the header is ignored.
+
+    >>> parse_retry_after("120", now=0.0)
+    120.0
+    >>> parse_retry_after("²", now=0.0) is None  # str.isdigit() would say yes
+    True
     """
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
+    value = value.strip(" \t")
+    # isdigit() alone accepts "²" or "١٢", which float() then refuses.
+    if value.isascii() and value.isdigit():
+        return float(value)  # inf when too long, never an error
+    when = _http_date(value, now)
+    if when is None:
+        return None
+    return max(0.0, when - now)
+
+
+_MONTHS = {
+    name: number
+    for number, name in enumerate(
+        ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1
+    )
+}
+_MONTH = "(" + "|".join(_MONTHS) + ")"
+_TIME = "([0-9]{2}):([0-9]{2}):([0-9]{2})"
+# RFC 9110 §5.6.7: IMF-fixdate, then the obsolete RFC 850 and asctime forms.
+_IMF_FIXDATE = re.compile(
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), ([0-9]{{2}}) {_MONTH} ([0-9]{{4}}) {_TIME} GMT"
+)
+_RFC850_DATE = re.compile(
+    rf"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), "
+    rf"([0-9]{{2}})-{_MONTH}-([0-9]{{2}}) {_TIME} GMT"
+)
+_ASCTIME_DATE = re.compile(
+    rf"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) {_MONTH} ([0-9 ][0-9]) {_TIME} ([0-9]{{4}})"
+)
+
+
+def _http_date(value: str, now: float) -> float | None:
+    """The POSIX time of an HTTP-date, or ``None`` if ``value`` is not one."""
+    if match := _IMF_FIXDATE.fullmatch(value):
+        day, month, year, hour, minute, second = match.groups()
+    elif match := _ASCTIME_DATE.fullmatch(value):
+        month, day, hour, minute, second, year = match.groups()
+    elif match := _RFC850_DATE.fullmatch(value):
+        day, month, short_year, hour, minute, second = match.groups()
+        # §5.6.7: a two-digit year more than 50 years ahead is in the past century.
+        this_year = time.gmtime(now).tm_year
+        full = this_year - this_year % 100 + int(short_year)
+        year = str(full - 100 if full > this_year + 50 else full)
+    else:
+        return None
     try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        when = datetime.datetime(
+            int(year),
+            _MONTHS[month],
+            int(day),
+            int(hour),
+            int(minute),
+            min(int(second), 59),  # a leap second
+            tzinfo=datetime.timezone.utc,
+        )
+    except ValueError:  # 31 February, hour 25, year 0
         return None
-    if when.tzinfo is None:  # "-0000" dates; HTTP-dates are always GMT
-        return None
-    return max(0.0, when.timestamp() - now)
+    return when.timestamp()
 
 
 DEFAULT_POLICY = RetryPolicy()

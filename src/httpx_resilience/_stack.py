@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import _otel
+from . import _checks, _otel
 from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport
@@ -63,6 +63,14 @@ def resilient_transport(
       when ``opentelemetry-api`` is installed (it costs next to nothing
       without an SDK).
     """
+    _check_layer("retry", retry, RetryPolicy)
+    _check_layer("circuit_breaker", circuit_breaker, CircuitBreakerPolicy)
+    _check_layer("hedging", hedging, HedgingPolicy)
+    _checks.flag("idempotency_keys", idempotency_keys)
+    if tracing is not None:
+        _checks.flag("tracing", tracing)
+    if request_id_header is not None:
+        _checks.header_name("request_id_header", request_id_header)
     if base is not None and transport_options:
         raise TypeError(
             f"{', '.join(sorted(transport_options))}: these options configure the built-in "
@@ -105,3 +113,9 @@ def resilient_transport(
     if request_id_header is not None:
         transport = RequestIdTransport(transport, header=request_id_header)
     return transport
+
+
+def _check_layer(name: str, value: object, policy: type) -> None:
+    """A layer's switch: a bool, or its policy (a RetryBudget given as ``retry=`` is a mistake)."""
+    if not isinstance(value, (bool, policy)):
+        raise TypeError(f"{name} must be True, False or a {policy.__name__}, got {value!r}")
