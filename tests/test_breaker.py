@@ -15,19 +15,19 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from tenacity import stop_after_attempt, wait_fixed
 
-from httpx_resilience import RetryPolicy, RetryTransport
-from httpx_resilience._breaker import (
-    CIRCUIT_EXTENSION,
-    REJECTIONS_METRIC,
-    TRANSITIONS_METRIC,
-    Circuit,
+from httpx_resilience import (
     CircuitBreakerPolicy,
     CircuitBreakerTransport,
     CircuitOpenError,
     CircuitSnapshot,
     CircuitState,
-    format_origin,
+    RetryPolicy,
+    RetryTransport,
 )
+from httpx_resilience._breaker import REJECTIONS_METRIC, TRANSITIONS_METRIC
+from httpx_resilience._circuit import Circuit
+from httpx_resilience._keys import CIRCUIT as CIRCUIT_EXTENSION
+from httpx_resilience._origin import format_origin
 from httpx_resilience.testing import FaultPlan, FaultServer, InOrder, Respond
 
 from .fakes import FakeSleep, Script, TrackedStream

@@ -5,14 +5,10 @@
 >>> client = httpx.AsyncClient(transport=RetryTransport(httpx.AsyncHTTPTransport(http2=True)))
 """
 
-from ._breaker import (
-    CircuitBreakerPolicy,
-    CircuitBreakerTransport,
-    CircuitOpenError,
-    CircuitSnapshot,
-    CircuitState,
-)
+from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from ._budget import RetryBudget
+from ._circuit import CircuitSnapshot, CircuitState
+from ._errors import CircuitOpenError
 from ._hedging import HedgeHistory, HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer

@@ -7,26 +7,17 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
-from . import _checks
+from . import _checks, _keys
 from ._clock import SteadyClock
 from ._lru import make_room
+from ._origin import Origin
 
-#: ``request.extensions`` key under which RetryTransport lends its
-#: ``BudgetBook`` to the layers inside it (hedging draws from the same tokens).
-BUDGET_EXTENSION = "httpx_resilience.budget"
-
-Origin = tuple[str, str, int | None]
+# TODO(restructure): importers move to _keys.BUDGET.
+BUDGET_EXTENSION = _keys.BUDGET
 
 #: Distinct per-request budgets one RetryTransport keeps a book for (equal
 #: budgets share one); past that, the least recently used book goes.
 MAX_BUDGET_BOOKS = 64
-
-
-def origin_of(url: httpx.URL) -> Origin:
-    """(scheme, host, port): what a budget or a circuit is kept per."""
-    return (url.scheme, url.host, url.port)
 
 
 @dataclass(frozen=True, slots=True)

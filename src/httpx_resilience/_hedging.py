@@ -15,11 +15,12 @@ import anyio.abc
 import httpx
 
 from . import _checks, _otel
-from ._budget import BUDGET_EXTENSION, BudgetBook, Origin, origin_of
+from ._budget import BUDGET_EXTENSION, BudgetBook
 from ._clock import SteadyClock
 from ._layer import Layer
 from ._lru import make_room
 from ._options import request_options
+from ._origin import Origin, origin_of
 from ._retry import Sleep
 from ._retry_policy import (
     DEFAULT_POLICY,

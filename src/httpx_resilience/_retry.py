@@ -16,19 +16,13 @@ from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
 from ._breaker import CIRCUIT_EXTENSION
-from ._budget import (
-    BUDGET_EXTENSION,
-    MAX_BUDGET_BOOKS,
-    BudgetBook,
-    Origin,
-    RetryBudget,
-    origin_of,
-)
+from ._budget import BUDGET_EXTENSION, MAX_BUDGET_BOOKS, BudgetBook, RetryBudget
 from ._clock import SteadyClock
 from ._goaway import unprocessed_reason
 from ._layer import Layer
 from ._lru import make_room
 from ._options import EXTENSION, request_options
+from ._origin import Origin, origin_of
 from ._request_id import REQUEST_ID
 from ._retry_policy import (
     DEFAULT_POLICY,

@@ -16,8 +16,8 @@ from tenacity.stop import StopBaseT
 from tenacity.wait import WaitBaseT
 
 from . import _checks
-from ._breaker import CircuitOpenError
 from ._budget import RetryBudget
+from ._errors import CircuitOpenError
 from ._goaway import unprocessed_reason
 from ._options import request_options
 

@@ -6,7 +6,7 @@ labels its counter with them whether or not the tracing layer is in use.
 
 from __future__ import annotations
 
-import httpx
+from ._origin import URLLike
 
 HTTP_REQUEST_METHOD = "http.request.method"
 HTTP_REQUEST_METHOD_ORIGINAL = "http.request.method_original"
@@ -38,7 +38,7 @@ def method_attribute(method: str) -> str:
     return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
-def server_port(url: httpx.URL) -> int | None:
+def server_port(url: URLLike) -> int | None:
     """``server.port``, the scheme's default included (httpx leaves it out of ``url.port``)."""
     port = url.port
     return port if port is not None else _DEFAULT_PORTS.get(url.scheme)

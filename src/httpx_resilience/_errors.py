@@ -1,0 +1,39 @@
+"""The errors the library raises itself, each a subclass of the fitting httpx class.
+
+An existing ``except httpx.TransportError`` (or ``except
+httpx.TimeoutException``) still catches them.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from ._origin import Origin
+
+
+class CircuitOpenError(httpx.TransportError):
+    """The origin's circuit is open: the request was failed fast, never sent.
+
+    A subclass of ``httpx.TransportError``, so ``except httpx.TransportError``
+    catches it. ``origin`` is the ``(scheme, host, port)`` of the circuit and
+    ``retry_in`` the seconds until it lets a probe through (0 while probes
+    are already in flight).
+
+    >>> try:  # doctest: +SKIP
+    ...     await client.get("https://api.example.com/things")
+    ... except CircuitOpenError as exc:
+    ...     print(exc.origin, exc.retry_in)
+    ('https', 'api.example.com', None) 7.5
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        origin: Origin,
+        retry_in: float,
+        request: httpx.Request | None = None,
+    ) -> None:
+        super().__init__(message, request=request)
+        self.origin = origin
+        self.retry_in = retry_in
