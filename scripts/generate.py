@@ -61,7 +61,7 @@ UNASYNC: list[tuple[str, str]] = [
     (r"\bAsyncByteStream\b", "SyncByteStream"),
     # A method that hands back the inner transport's coroutine returns its response.
     (r"\bCoroutine\[Any, Any, ([\w.]+)\]", r"\1"),
-    (r"\bAsync([A-Z]\w*)", r"\1"),
+    (r"\b(_?)Async([A-Z]\w*)", r"\1\2"),
     # Our own async helpers are named _async_x; their twins _x.
     (r"\b_async_(\w+)", r"_\1"),
     (r"\bAnyIOBackend\b", "SyncBackend"),
@@ -81,8 +81,9 @@ UNASYNC: list[tuple[str, str]] = [
 _UNASYNC = [(re.compile(pattern), repl) for pattern, repl in UNASYNC]
 
 #: The two module names the httpx2 flavour replaces, as whole words: not
-#: ``opentelemetry.instrumentation.httpx`` nor ``httpx-resilience``.
-FLAVOUR_NAMES = re.compile(r"(?<![\w.\-])(httpx|httpcore)(?![\w\-])")
+#: ``opentelemetry.instrumentation.httpx`` nor ``httpx-resilience``, and not
+#: a string that is the bare name (``"httpx"``: code that tells flavours apart).
+FLAVOUR_NAMES = re.compile(r'(?<![\w.\-])(httpx|httpcore)(?![\w\-])|"(httpx|httpcore)"')
 _IMPORTS_FLAVOUR = re.compile(r"^\s*(?:import|from)\s+(?:httpx|httpcore)\b", re.MULTILINE)
 _RELATIVE = re.compile(r"^(\s*)from \.(\w*) import (.+)$", re.MULTILINE)
 
@@ -173,7 +174,7 @@ def for_httpx2(text: str, name: str, flavoured: set[str]) -> str:
         lines += [f"{indent}from . import {', '.join(own)}"] if own else []
         return "\n".join(lines)
 
-    text = FLAVOUR_NAMES.sub(lambda m: m.group(1) + "2", text)
+    text = FLAVOUR_NAMES.sub(lambda m: m.group(0) if m.group(2) else m.group(1) + "2", text)
     text = _RELATIVE.sub(relative, text)
     header = (
         f"# Generated from src/httpx_resilience/{name}.py by scripts/generate.py for httpx2: "

@@ -14,7 +14,8 @@ from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
 from ._network import DNSCache, Resolver, TimedNetworkBackend, default_resolver
 from ._redact import SENSITIVE_QUERY_PARAMETERS
-from ._request_id import RequestIdTransport, current_request_id, new_request_id, request_id
+from ._request_id import RequestIdTransport
+from ._request_ids import current_request_id, new_request_id, request_id
 from ._retry import DeadlineExceeded, RetryEvent, RetryHistory, RetryTransport
 from ._retry_policy import (
     DEFAULT_RETRY_EXCEPTIONS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -11,11 +12,12 @@ from typing import TYPE_CHECKING, cast
 
 import httpx
 
-from . import _checks, _keys, _otel
+from . import _checks, _otel
 from ._circuit import Circuit, CircuitSnapshot, CircuitState
 from ._errors import CircuitOpenError
 from ._goaway import unprocessed_reason
-from ._layer import Layer
+from ._keys import CIRCUIT
+from ._layer import Layer, Transport
 from ._lru import make_room
 from ._origin import Origin, format_origin, origin_of
 from ._semconv import _DEFAULT_PORTS, SERVER_ADDRESS, SERVER_PORT
@@ -42,8 +44,6 @@ DEFAULT_FAILURE_EXCEPTIONS: tuple[type[Exception], ...] = (
 TRANSITIONS_METRIC = "http.client.circuit_breaker.transitions"
 #: Counter of requests failed fast by an open (or busy half-open) circuit.
 REJECTIONS_METRIC = "http.client.circuit_breaker.rejections"
-# TODO(restructure): importers move to _keys.CIRCUIT.
-CIRCUIT_EXTENSION = _keys.CIRCUIT
 #: Metric attribute: the state a circuit moved to.
 CIRCUIT_STATE = "httpx_resilience.circuit.state"
 
@@ -104,7 +104,7 @@ class CircuitBreakerTransport(Layer):
     ``CircuitBreakerPolicy``. Place it inside ``RetryTransport``: each retry
     is a call the circuit counts, and ``CircuitOpenError`` is not retried.
     After a failed call the layer leaves itself in
-    ``request.extensions[CIRCUIT_EXTENSION]``, so that the retry layer can ask
+    ``request.extensions[_keys.CIRCUIT]``, so that the retry layer can ask
     ``retry_in()`` before waiting on a circuit the failure has just opened.
     Responses are returned as they are, failures included; the layer never
     reads a body.
@@ -127,7 +127,7 @@ class CircuitBreakerTransport(Layer):
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: Transport,
         policy: CircuitBreakerPolicy | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -142,6 +142,8 @@ class CircuitBreakerTransport(Layer):
         self._clock = clock
         self._max_origins = max_origins
         self._circuits: OrderedDict[Origin, Circuit] = OrderedDict()
+        # Circuits change under this lock: one transport may serve many threads.
+        self._lock = threading.Lock()
         self._statuses = cast(frozenset[int], self._policy.statuses)
         self._exceptions = cast(tuple[type[Exception], ...], self._policy.exceptions)
         meter = _otel.get_meter(meter_provider)
@@ -163,37 +165,66 @@ class CircuitBreakerTransport(Layer):
     def policy(self) -> CircuitBreakerPolicy:
         return self._policy
 
+    # unasync: begin
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        origin = origin_of(request.url)
-        circuit = self._circuits.get(origin)
-        if circuit is None:
-            circuit = self._add(origin)
-        else:
-            self._circuits.move_to_end(origin)
-        permit = circuit.acquire(self._clock())
-        if permit is None:
-            raise self._reject(circuit, request)
+        circuit, permit = self._admit(request)
         try:
-            response = await self._transport.handle_async_request(request)
-        except Exception as exc:
-            # A request the server provably never processed (GOAWAY, a
-            # refused stream) says nothing bad about the server's health.
+            response = await self._async_next.handle_async_request(request)
+        except BaseException as exc:
+            self._failed(request, circuit, permit, exc)
+            raise
+        self._answered(request, circuit, permit, response)
+        return response
+
+    # unasync: end
+    # unasync: generated from the block above by scripts/generate.py; do not edit
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        circuit, permit = self._admit(request)
+        try:
+            response = self._next.handle_request(request)
+        except BaseException as exc:
+            self._failed(request, circuit, permit, exc)
+            raise
+        self._answered(request, circuit, permit, response)
+        return response
+
+    # unasync: generated end
+
+    def _admit(self, request: httpx.Request) -> tuple[Circuit, int]:
+        """The origin's circuit and a permit for this call; raise if it is failed fast."""
+        origin = origin_of(request.url)
+        with self._lock:
+            circuit = self._circuits.get(origin)
+            if circuit is None:
+                circuit = self._add(origin)
+            else:
+                self._circuits.move_to_end(origin)
+            permit = circuit.acquire(self._clock())
+            if permit is None:
+                raise self._reject(circuit, request)
+        return circuit, permit
+
+    def _failed(
+        self, request: httpx.Request, circuit: Circuit, permit: int, exc: BaseException
+    ) -> None:
+        # A request the server provably never processed (GOAWAY, a refused
+        # stream) says nothing bad about the server's health; a cancelled one
+        # gave no verdict, but a probe slot must come back.
+        with self._lock:
             if isinstance(exc, self._exceptions) and unprocessed_reason(exc) is None:
                 circuit.record(permit, True, self._clock())
-                request.extensions[CIRCUIT_EXTENSION] = self
+                request.extensions[CIRCUIT] = self
             else:
                 circuit.release(permit)
-            raise
-        except BaseException:
-            # Cancelled: the origin gave no verdict, but a probe slot must come back.
-            circuit.release(permit)
-            raise
-        if response.status_code in self._statuses:
-            circuit.record(permit, True, self._clock())
-            request.extensions[CIRCUIT_EXTENSION] = self
-        else:
-            circuit.record(permit, False, self._clock())
-        return response
+
+    def _answered(
+        self, request: httpx.Request, circuit: Circuit, permit: int, response: httpx.Response
+    ) -> None:
+        failed = response.status_code in self._statuses
+        with self._lock:
+            circuit.record(permit, failed, self._clock())
+        if failed:
+            request.extensions[CIRCUIT] = self
 
     def state(self, where: Origin | httpx.URL | str) -> CircuitState:
         """The state of the circuit for a URL's origin (or an origin tuple).
@@ -201,8 +232,9 @@ class CircuitBreakerTransport(Layer):
         >>> breaker.state("https://api.example.com")  # doctest: +SKIP
         <CircuitState.CLOSED: 'closed'>
         """
-        circuit = self._circuits.get(_origin(where))
-        return CircuitState.CLOSED if circuit is None else circuit.state_at(self._clock())
+        with self._lock:
+            circuit = self._circuits.get(_origin(where))
+            return CircuitState.CLOSED if circuit is None else circuit.state_at(self._clock())
 
     def retry_in(self, where: Origin | httpx.URL | str) -> float:
         """Seconds until the origin's circuit lets a call through; 0 if it would now.
@@ -210,13 +242,14 @@ class CircuitBreakerTransport(Layer):
         >>> breaker.retry_in("https://api.example.com")  # doctest: +SKIP
         7.5
         """
-        circuit = self._circuits.get(_origin(where))
-        if circuit is None or circuit.state is CircuitState.CLOSED:
-            return 0.0
-        if circuit.state is CircuitState.OPEN:
-            return circuit.break_left(self._clock())
-        # Half-open: no wait if a probe slot is free, else until a probe decides.
-        return 0.0 if circuit.acquirable else circuit.policy.break_duration
+        with self._lock:
+            circuit = self._circuits.get(_origin(where))
+            if circuit is None or circuit.state is CircuitState.CLOSED:
+                return 0.0
+            if circuit.state is CircuitState.OPEN:
+                return circuit.break_left(self._clock())
+            # Half-open: no wait if a probe slot is free, else until a probe decides.
+            return 0.0 if circuit.acquirable else circuit.policy.break_duration
 
     def states(self) -> dict[Origin, CircuitSnapshot]:
         """Every known origin's circuit, for a health report.
@@ -225,8 +258,9 @@ class CircuitBreakerTransport(Layer):
         >>> {format_origin(o): s.state.value for o, s in states.items()}  # doctest: +SKIP
         {'https://api.example.com': 'open'}
         """
-        now = self._clock()
-        return {origin: circuit.snapshot(now) for origin, circuit in self._circuits.items()}
+        with self._lock:
+            now = self._clock()
+            return {origin: circuit.snapshot(now) for origin, circuit in self._circuits.items()}
 
     def _add(self, origin: Origin) -> Circuit:
         make_room(self._circuits, self._max_origins, _forgettable)

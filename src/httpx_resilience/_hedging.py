@@ -15,9 +15,10 @@ import anyio.abc
 import httpx
 
 from . import _checks, _otel
-from ._budget import BUDGET_EXTENSION, BudgetBook
+from ._budget import BudgetBook
 from ._clock import SteadyClock
-from ._layer import Layer
+from ._keys import BUDGET
+from ._layer import Layer, Transport
 from ._lru import make_room
 from ._options import request_options
 from ._origin import Origin, origin_of
@@ -305,7 +306,7 @@ class HedgingTransport(Layer):
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: Transport,
         policy: HedgingPolicy | None = None,
         *,
         sleep: Sleep = anyio.sleep,
@@ -333,10 +334,23 @@ class HedgingTransport(Layer):
     def policy(self) -> HedgingPolicy:
         return self._policy
 
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        # Not a twin of handle_async_request: hedging runs attempts at the
+        # same time and cancels the losers, which a sync client cannot do (a
+        # thread blocked in a read cannot be cancelled; each loser would hold
+        # its connection and a thread until its answer came).
+        if self._hedged(request) is not None:
+            raise RuntimeError(
+                "HedgingTransport cannot hedge for a sync client: a hedge runs a second "
+                "attempt at the same time and cancels the slower one, which a sync client "
+                "cannot do; use an httpx.AsyncClient, or hedging=False for sync clients"
+            )
+        return self._next.handle_request(request)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        policy = self._policy_for(request)
-        if policy is None or policy.max_attempts < 2 or not may_hedge(request, policy):
-            return await self._transport.handle_async_request(request)
+        policy = self._hedged(request)
+        if policy is None:
+            return await self._async_next.handle_async_request(request)
         window = None
         if policy.delay is None:
             origin = origin_of(request.url)
@@ -372,6 +386,13 @@ class HedgingTransport(Layer):
             _add_note(outcome, race.sent)
         raise outcome
 
+    def _hedged(self, request: httpx.Request) -> HedgingPolicy | None:
+        """The policy to hedge this request with, or ``None`` for a single attempt."""
+        policy = self._policy_for(request)
+        if policy is None or policy.max_attempts < 2 or not may_hedge(request, policy):
+            return None
+        return policy
+
     def _policy_for(self, request: httpx.Request) -> HedgingPolicy | None:
         # The first layer to read the options checked them all, before sending.
         option = request_options(request).get("hedge", True)
@@ -390,7 +411,7 @@ class HedgingTransport(Layer):
     async def _hedge(self, race: _Race, policy: HedgingPolicy, delay: float) -> None:
         """Send the next attempt each time ``delay`` passes without an answer."""
         # Lent by RetryTransport: hedges and retries draw on the same tokens.
-        book = cast("BudgetBook | None", race.request.extensions.get(BUDGET_EXTENSION))
+        book = cast("BudgetBook | None", race.request.extensions.get(BUDGET))
         for number in range(2, policy.max_attempts + 1):
             await self._sleep(delay)
             if race.failed:
@@ -407,7 +428,7 @@ class HedgingTransport(Layer):
     ) -> None:
         start = self._clock()
         try:
-            outcome: httpx.Response | Exception = await self._transport.handle_async_request(
+            outcome: httpx.Response | Exception = await self._async_next.handle_async_request(
                 request
             )
         except Exception as exc:

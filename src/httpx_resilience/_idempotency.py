@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from . import _checks
-from ._layer import Layer
+from ._layer import Layer, Transport
 
 
 def new_idempotency_key() -> str:
@@ -29,7 +29,7 @@ class IdempotencyKeyTransport(Layer):
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: Transport,
         *,
         header: str = "Idempotency-Key",
         methods: Iterable[str] = ("POST", "PATCH"),
@@ -41,7 +41,17 @@ class IdempotencyKeyTransport(Layer):
         self._methods = _checks.methods("methods", methods)  # "POST" alone is refused
         self._new_key = new_key
 
+    # unasync: begin
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if request.method in self._methods and self._header not in request.headers:
             request.headers[self._header] = self._new_key()
-        return await self._transport.handle_async_request(request)
+        return await self._async_next.handle_async_request(request)
+
+    # unasync: end
+    # unasync: generated from the block above by scripts/generate.py; do not edit
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method in self._methods and self._header not in request.headers:
+            request.headers[self._header] = self._new_key()
+        return self._next.handle_request(request)
+
+    # unasync: generated end

@@ -15,15 +15,15 @@ import httpx
 from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
-from ._breaker import CIRCUIT_EXTENSION
 from ._budget import BUDGET_EXTENSION, MAX_BUDGET_BOOKS, BudgetBook, RetryBudget
 from ._clock import SteadyClock
 from ._goaway import unprocessed_reason
+from ._keys import CIRCUIT as CIRCUIT_EXTENSION
+from ._keys import REQUEST_ID
 from ._layer import Layer
 from ._lru import make_room
 from ._options import EXTENSION, request_options
 from ._origin import Origin, origin_of
-from ._request_id import REQUEST_ID
 from ._retry_policy import (
     DEFAULT_POLICY,
     RetryPolicy,
@@ -159,7 +159,7 @@ class RetryTransport(Layer):
         # Decided before the first attempt: a transport may swap in a
         # replayable copy of a body it has consumed (MockTransport does).
         if policy is None or not is_replayable(request):
-            response = await self._transport.handle_async_request(request)
+            response = await self._async_next.handle_async_request(request)
             response.extensions["retry"] = _FIRST_TRY
             return response
         budget = self._lend_budget(request, policy)
@@ -168,7 +168,7 @@ class RetryTransport(Layer):
         # never need a second one.
         outcome: httpx.Response | Exception
         try:
-            outcome = await self._transport.handle_async_request(request)
+            outcome = await self._async_next.handle_async_request(request)
         except Exception as exc:
             if retry_reason(request, exc, policy) is None:
                 raise
@@ -326,7 +326,7 @@ class RetryTransport(Layer):
         """One attempt: its response or the exception it raised; cancellation propagates."""
         if limit is None:
             try:
-                return await self._transport.handle_async_request(request)
+                return await self._async_next.handle_async_request(request)
             except Exception as exc:
                 return exc
         left = limit.at - self._clock()
@@ -344,7 +344,7 @@ class RetryTransport(Layer):
         # returned; reading its body is the caller's business.
         with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
             try:
-                return await self._transport.handle_async_request(request)
+                return await self._async_next.handle_async_request(request)
             except Exception as exc:
                 limit.ended_at = self._clock()
                 if scope.cancel_called:

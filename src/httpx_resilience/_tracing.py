@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
 from . import _otel
 from ._clock import seconds
-from ._layer import Layer
+from ._keys import ATTEMPTS, REQUEST_ID, REQUEST_ID_HEADER
+from ._layer import Layer, Transport
 from ._redact import SENSITIVE_QUERY_PARAMETERS, redact_url
-from ._request_id import REQUEST_ID, REQUEST_ID_HEADER
 from ._semconv import (
     ERROR_TYPE,
     HTTP_REQUEST_HEADER,
@@ -61,11 +61,6 @@ CONNECT_EVENT = "httpx_resilience.connect"
 TLS_EVENT = "httpx_resilience.tls"
 PHASE_DURATION = "httpx_resilience.duration"
 
-# request.extensions key of the state one logical request carries from one
-# attempt to the next: RetryTransport (and httpx, on a redirect) sends the
-# same extensions again.
-_ATTEMPTS = "httpx_resilience.attempts"
-
 
 class TracingTransport(Layer):
     """One OpenTelemetry CLIENT span and one ``http.client.request.duration`` point per attempt.
@@ -91,7 +86,7 @@ class TracingTransport(Layer):
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: Transport,
         *,
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
@@ -116,42 +111,17 @@ class TracingTransport(Layer):
         self._inject: Callable[..., None] = _oc.inject if propagator is None else propagator.inject
         self._sensitive = frozenset(sensitive_query_parameters)
 
+    # unasync: begin
     # A plain method returning a coroutine: when nothing records, the caller
     # awaits the inner transport's coroutine itself, and no frame of this
     # layer sits in the chain that every I/O wait of the request resumes.
     def handle_async_request(self, request: httpx.Request) -> Coroutine[Any, Any, httpx.Response]:
-        parent = _oc.get_current()
-        # An empty context (the usual case without the SDK) cannot hold a key
-        # that suppresses us, nor a trace or baggage to pass on. Suppressed (by
-        # a tracing layer outside this one, say), the attempt is not ours to count.
-        if parent and _suppressed(parent):
-            return self._transport.handle_async_request(request)
-        attempts = request.extensions.get(_ATTEMPTS)
-        if attempts is None:
-            attempts = request.extensions[_ATTEMPTS] = _Attempts()
-        else:
-            attempts.next(request.headers)
-        method = request.method
-        span = None
-        try:
-            span = self._tracer.start_span(
-                method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT
-            )
-            recording = span.is_recording()
-        except Exception as exc:
-            # An SDK that fails costs the attempt its span, not its request.
-            _telemetry_failed(exc)
-            if span is not None:
-                _end_quietly(span)
-            return self._transport.handle_async_request(request)
-        if not (recording or parent or _otel.may_record(self._duration)):
-            # Nothing would be recorded or passed on (the API without an SDK,
-            # the usual case): the attempt costs its span, which does not
-            # record and so has nothing to end, and no more.
-            return self._transport.handle_async_request(request)
-        return self._traced(request, attempts, parent, span, recording)
+        start = self._start(request)
+        if start is None:
+            return self._async_next.handle_async_request(request)
+        return self._async_traced(request, *start)
 
-    async def _traced(
+    async def _async_traced(
         self,
         request: httpx.Request,
         attempts: _Attempts,
@@ -166,9 +136,9 @@ class TracingTransport(Layer):
             # attempt its span, not its request.
             _telemetry_failed(exc)
             _end_quietly(span)
-            return await self._transport.handle_async_request(request)
+            return await self._async_next.handle_async_request(request)
         try:
-            response = await self._transport.handle_async_request(request)
+            response = await self._async_next.handle_async_request(request)
         except BaseException as exc:
             attempt.end(exc)
             raise
@@ -182,8 +152,90 @@ class TracingTransport(Layer):
             # Already read (httpx reads a Response built from bytes at once).
             attempt.end(None)
         else:
-            response.stream = _TracedStream(cast(httpx.AsyncByteStream, response.stream), attempt)
+            stream = cast(httpx.AsyncByteStream, response.stream)
+            response.stream = _AsyncTracedStream(stream, attempt)
         return response
+
+    # unasync: end
+    # unasync: generated from the block above by scripts/generate.py; do not edit
+    # A plain method returning a coroutine: when nothing records, the caller
+    # awaits the inner transport's coroutine itself, and no frame of this
+    # layer sits in the chain that every I/O wait of the request resumes.
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        start = self._start(request)
+        if start is None:
+            return self._next.handle_request(request)
+        return self._traced(request, *start)
+
+    def _traced(
+        self,
+        request: httpx.Request,
+        attempts: _Attempts,
+        parent: Context,
+        span: Span,
+        recording: bool,
+    ) -> httpx.Response:
+        try:
+            attempt, token = self._begin(request, attempts, parent, span, recording)
+        except Exception as exc:
+            # Telemetry is optional: a propagator that fails (say) costs the
+            # attempt its span, not its request.
+            _telemetry_failed(exc)
+            _end_quietly(span)
+            return self._next.handle_request(request)
+        try:
+            response = self._next.handle_request(request)
+        except BaseException as exc:
+            attempt.end(exc)
+            raise
+        finally:
+            if token is not None:
+                _oc.detach(token)
+        # From here on nothing raises: the response is the caller's, and
+        # only its body, read or closed, frees its connection.
+        attempt.received(response)
+        if response.is_closed:
+            # Already read (httpx reads a Response built from bytes at once).
+            attempt.end(None)
+        else:
+            stream = cast(httpx.SyncByteStream, response.stream)
+            response.stream = _TracedStream(stream, attempt)
+        return response
+
+    # unasync: generated end
+
+    def _start(self, request: httpx.Request) -> tuple[_Attempts, Context, Span, bool] | None:
+        """The attempt's count, parent context and span; ``None`` when it goes untraced."""
+        parent = _oc.get_current()
+        # An empty context (the usual case without the SDK) cannot hold a key
+        # that suppresses us, nor a trace or baggage to pass on. Suppressed (by
+        # a tracing layer outside this one, say), the attempt is not ours to count.
+        if parent and _suppressed(parent):
+            return None
+        attempts = request.extensions.get(ATTEMPTS)
+        if attempts is None:
+            attempts = request.extensions[ATTEMPTS] = _Attempts()
+        else:
+            attempts.next(request.headers)
+        method = request.method
+        span = None
+        try:
+            span = self._tracer.start_span(
+                method if method in KNOWN_METHODS else "HTTP", parent, _oc.SpanKind.CLIENT
+            )
+            recording = span.is_recording()
+        except Exception as exc:
+            # An SDK that fails costs the attempt its span, not its request.
+            _telemetry_failed(exc)
+            if span is not None:
+                _end_quietly(span)
+            return None
+        if not (recording or parent or _otel.may_record(self._duration)):
+            # Nothing would be recorded or passed on (the API without an SDK,
+            # the usual case): the attempt costs its span, which does not
+            # record and so has nothing to end, and no more.
+            return None
+        return attempts, parent, span, recording
 
     def _begin(
         self,
@@ -448,7 +500,8 @@ class _Attempt:
         return attributes
 
 
-class _TracedStream(httpx.AsyncByteStream):
+# unasync: begin
+class _AsyncTracedStream(httpx.AsyncByteStream):
     """A response body that ends its attempt when it is read out, fails or is closed.
 
     Nothing is read ahead: each chunk passes through as the caller asks for it.
@@ -486,3 +539,48 @@ class _TracedStream(httpx.AsyncByteStream):
             self._attempt.end(exc)
             raise
         self._attempt.end(None)
+
+
+# unasync: end
+# unasync: generated from the block above by scripts/generate.py; do not edit
+class _TracedStream(httpx.SyncByteStream):
+    """A response body that ends its attempt when it is read out, fails or is closed.
+
+    Nothing is read ahead: each chunk passes through as the caller asks for it.
+    """
+
+    __slots__ = ("_attempt", "_iterator", "_stream")
+
+    def __init__(self, stream: httpx.SyncByteStream, attempt: _Attempt) -> None:
+        self._stream = stream
+        self._attempt = attempt
+        self._iterator: Iterator[bytes] | None = None
+
+    # An iterator object rather than an async generator: a generator left
+    # unfinished (the caller stops reading) is finalized later by the event
+    # loop, and would report GeneratorExit as a failure of the body.
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._iterator is None:
+            self._iterator = self._stream.__iter__()
+        try:
+            return self._iterator.__next__()
+        except StopIteration:
+            self._attempt.end(None)
+            raise
+        except BaseException as exc:
+            self._attempt.end(exc)
+            raise
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except BaseException as exc:
+            self._attempt.end(exc)
+            raise
+        self._attempt.end(None)
+
+
+# unasync: generated end
