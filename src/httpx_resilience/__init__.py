@@ -8,11 +8,12 @@
 from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from ._budget import RetryBudget
 from ._circuit import CircuitSnapshot, CircuitState
+from ._dns import DNSCache, Resolver, default_resolver
 from ._errors import CircuitOpenError
 from ._hedging import HedgeHistory, HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
-from ._network import DNSCache, Resolver, TimedNetworkBackend, default_resolver
+from ._network import TimedNetworkBackend
 from ._redact import SENSITIVE_QUERY_PARAMETERS
 from ._request_id import RequestIdTransport
 from ._request_ids import current_request_id, new_request_id, request_id

@@ -14,6 +14,7 @@ from typing import IO, Any, cast
 
 import anyio
 
+from ._dns import Resolver
 from ._fault_plan import (
     Delay,
     FaultPlan,
@@ -29,7 +30,6 @@ from ._fault_plan import (
     Stall,
     Weighted,
 )
-from ._network import Resolver
 from ._retry import Sleep
 from ._version import VERSION
 

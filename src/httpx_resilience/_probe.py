@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 from tenacity import stop_after_attempt
 
-from ._network import Resolver
+from ._dns import Resolver
 from ._retry import RetryEvent, RetryHistory, Sleep
 from ._retry_policy import RetryPolicy
 from ._stack import resilient_transport

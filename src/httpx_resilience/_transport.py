@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import httpcore
 import httpx
 
+from ._dns import DNSCache, Resolver, default_resolver
 from ._goaway import GuardedConnectionPool
-from ._network import DNSCache, Resolver, TimedNetworkBackend, default_resolver
+from ._network import TimedNetworkBackend
 from ._timings import Clock, ConnectionMetrics, TimingsRecorder
 
 if TYPE_CHECKING:
