@@ -33,12 +33,14 @@ import select
 import ssl
 import struct
 import sys
+import traceback
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 import anyio.lowlevel
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -709,3 +711,37 @@ def unprocessed_reason(exc: BaseException) -> str | None:
     ):
         return "CONNECTION_CLOSED"
     return None
+
+
+def server_broke_protocol(exc: BaseException) -> bool:
+    """Whether a ``LocalProtocolError`` is the client refusing a step because of the server.
+
+    httpcore raises every error of h2 as ``LocalProtocolError``, also when
+    the server broke the protocol: h2 refused its frames, or the server's
+    error closed the connection or stream under a request still sending or
+    reading, and h2's state machine refused the next step ("Invalid input
+    ConnectionInputs.SEND_DATA in state ConnectionState.CLOSED"). That is
+    the server's fault, as a ``RemoteProtocolError`` is, and another
+    attempt may well succeed. A request the caller built wrong (a header
+    h11 or h2 refuses: ``Illegal header value``, a ``TE`` header) fails
+    before anything is sent, and would fail again: ``False``.
+    """
+    cause = exc.__cause__
+    if not isinstance(exc, httpx.LocalProtocolError) or not isinstance(
+        cause, httpcore.LocalProtocolError
+    ):
+        return False
+    detail = cause.args[0] if cause.args else None
+    if not isinstance(detail, h2.exceptions.ProtocolError):
+        return False  # h11 refused the caller's request itself
+    if isinstance(detail, h2.exceptions.StreamClosedError) or str(detail).startswith(
+        "Invalid input "
+    ):
+        return True  # the server closed or reset what the request still used
+    # Otherwise h2 refused either the server's frames or the request's
+    # headers; only the former come out of its receive_data().
+    return any(
+        frame.f_code.co_name == "receive_data"
+        and frame.f_globals.get("__name__") == h2.connection.__name__
+        for frame, _ in traceback.walk_tb(detail.__traceback__)
+    )
