@@ -481,7 +481,9 @@ class _SendRoom:
 
     def has_room(self) -> bool:
         if self._poll is not None:
-            return [events for _, events in self._poll.poll(0)] == [select.POLLOUT]
+            for _, events in self._poll.poll(0):
+                return bool(events == select.POLLOUT)
+            return False
         if self._sock is None:
             return False
         return bool(select.select([], [self._sock], [], 0)[1])  # pragma: no cover - Windows
