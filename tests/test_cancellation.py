@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import socket
 import typing
 
 import anyio
@@ -20,8 +21,10 @@ import httpx
 import pytest
 
 from httpx_resilience import HTTPTransport
+from httpx_resilience._goaway import CANCEL_GRACE, GoawayGuardStream, GoawayState
 
-from .raw_server import RawConnection, RawServer
+from .raw_server import H2_PREFACE, RawConnection, RawServer, frame
+from .raw_server import PING as PING_FRAME
 from .servers import LOOPBACK, ServerThread
 
 pytestmark = pytest.mark.anyio
@@ -322,3 +325,97 @@ async def test_a_request_cancelled_between_connect_and_first_byte_leaves_no_conn
         response = await client.get(f"http://{LOOPBACK}:9/")
         assert response.status_code == 200
     assert (backend.opened, backend.closed) == (4, 4)
+
+
+# The write path itself, over a stream whose writes a test controls.
+
+
+class ScriptedWrites(httpcore.AsyncNetworkStream):
+    """A network stream whose writes take ``write_time`` seconds (or raise ``error``)."""
+
+    def __init__(self, sock: socket.socket | None, write_time: float = 0.0) -> None:
+        self.sock = sock
+        self.write_time = write_time
+        self.error: Exception | None = None
+        self.written: list[bytes] = []
+        self.closed = False
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        await anyio.sleep_forever()
+        return b""  # pragma: no cover
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await anyio.sleep(self.write_time)
+        if self.error is not None:
+            raise self.error
+        self.written.append(buffer)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return self.sock if info == "socket" else None
+
+
+PING = frame(PING_FRAME, 0, 0, b"12345678")
+
+
+@pytest.fixture(params=["socket-has-room", "no-socket"])
+def inner(request: pytest.FixtureRequest) -> typing.Iterator[ScriptedWrites]:
+    """With a socket that has room, writes take the shielded path; without, the watched one."""
+    if request.param == "no-socket":
+        yield ScriptedWrites(None)
+        return
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        yield ScriptedWrites(ours)
+
+
+async def _http2_stream(inner: ScriptedWrites) -> tuple[GoawayGuardStream, GoawayState]:
+    state = GoawayState()
+    stream = GoawayGuardStream(inner, state)
+    await stream.write(H2_PREFACE)  # HTTP/2 by prior knowledge: the guard watches
+    return stream, state
+
+
+async def test_a_write_in_progress_when_cancelled_finishes(inner: ScriptedWrites) -> None:
+    """A hedge's loser cancelled mid-write: the frame goes out whole, the connection stays."""
+    stream, state = await _http2_stream(inner)
+    inner.write_time = 0.1
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await stream.write(PING)
+    assert inner.written[-1] == PING
+    assert (inner.closed, state.draining) == (False, False)
+
+
+async def test_a_write_blocked_past_the_deadline_is_cut(inner: ScriptedWrites) -> None:
+    stream, state = await _http2_stream(inner)
+    inner.write_time = STALL
+    start = anyio.current_time()
+    with anyio.move_on_after(0.1) as scope:
+        await stream.write(PING)
+    assert scope.cancelled_caught
+    assert anyio.current_time() - start < 0.1 + CANCEL_GRACE + 0.5
+    assert (inner.closed, state.draining) == (True, True)
+
+
+async def test_a_blocked_write_is_cut_by_cancel() -> None:
+    inner = ScriptedWrites(None)
+    stream, state = await _http2_stream(inner)
+    inner.write_time = STALL
+    async with anyio.create_task_group() as group:
+        group.start_soon(stream.write, PING)
+        await anyio.sleep(0.05)
+        cancelled_at = anyio.current_time()
+        group.cancel_scope.cancel()
+    assert anyio.current_time() - cancelled_at < CANCEL_GRACE + 0.5
+    assert (inner.closed, state.draining) == (True, True)
+
+
+async def test_write_errors_come_out_as_they_are(inner: ScriptedWrites) -> None:
+    stream, state = await _http2_stream(inner)
+    inner.error = httpcore.WriteTimeout("slow")
+    with pytest.raises(httpcore.WriteTimeout):
+        await stream.write(PING)
+    assert (inner.closed, state.draining) == (False, False)
