@@ -285,11 +285,22 @@ def test_attempts_come_from_the_retry_log_without_notes(
     """What Python 3.10 gives: no ``add_note``, so the retry layer's log counts."""
     monkeypatch.setattr(_retry, "_add_note", lambda exc, history: None)
     logger = logging.getLogger("httpx_resilience")
-    level, handlers = logger.level, list(logger.handlers)
-    code = main(["get", f"http://127.0.0.1:{closed_port}/"], sleep=FakeSleep())
-    assert code == 3
-    assert one_line_error(capsys.readouterr().err).endswith("nothing listens there (3 attempts)")
-    assert (logger.level, logger.handlers) == (level, handlers)  # left as it was
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        level = logger.level
+        code = main(["get", f"http://127.0.0.1:{closed_port}/"], sleep=FakeSleep())
+        assert code == 3
+        err = one_line_error(capsys.readouterr().err)
+        assert err.endswith("nothing listens there (3 attempts)")
+        # Counting took no more records to the user's handlers than the level lets out.
+        assert logger.getEffectiveLevel() > logging.INFO
+        assert seen == []
+        assert (logger.level, logger.filters) == (level, [])  # left as it was
+    finally:
+        logger.removeHandler(handler)
 
 
 def test_ctrl_c_as_asyncio_delivers_it_on_python_3_10(capsys: pytest.CaptureFixture[str]) -> None:

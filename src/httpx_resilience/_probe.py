@@ -214,32 +214,38 @@ def _find(exc: BaseException, kind: type[BaseException]) -> Any:
     return next((e for e in _chain(exc) if isinstance(e, kind)), None)
 
 
-class _RetryRecords(logging.Handler):
-    """Counts the retry layer's log records of re-sends (one each) while attached."""
+class _RetryRecords(logging.Filter):
+    """Counts the retry layer's log records of re-sends, one each, as they pass.
 
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
+    A filter on the logger sees each record before any handler does, and
+    passes on only what the logger would have let through at ``level``: the
+    count needs INFO, the user's handlers must not get more than before.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
         self.count = 0
+        self._level = level
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
         # The fields docs/observability.md gives the record of a retry.
         if all(hasattr(record, name) for name in ("attempt", "reason", "wait")):
             self.count += 1
+        return record.levelno >= self._level
 
 
 @contextlib.contextmanager
 def _counting_retries() -> Iterator[_RetryRecords]:
-    """Listen to the retry layer's log, at INFO, for as long as the block runs."""
+    """Count the retry layer's records of re-sends for as long as the block runs."""
     logger = logging.getLogger("httpx_resilience")
-    records = _RetryRecords()
     level = logger.level
-    if not logger.isEnabledFor(logging.INFO):
-        logger.setLevel(logging.INFO)
-    logger.addHandler(records)
+    records = _RetryRecords(logger.getEffectiveLevel())
+    logger.setLevel(min(logging.INFO, logger.getEffectiveLevel()))
+    logger.addFilter(records)
     try:
         yield records
     finally:
-        logger.removeHandler(records)
+        logger.removeFilter(records)
         logger.setLevel(level)
 
 
