@@ -7,7 +7,9 @@ command runs on asyncio or trio through ``--backend``.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 import anyio.from_thread
 import pytest
 
-from httpx_resilience import __version__
+from httpx_resilience import __version__, _retry
 from httpx_resilience.__main__ import main
 from httpx_resilience._probe import parse_header
 from httpx_resilience.testing import FaultPlan, FaultServer, Refuse, Respond, Stall
@@ -79,6 +81,43 @@ def test_usage_errors_return_two(capsys: pytest.CaptureFixture[str]) -> None:
     assert "not a header" in capsys.readouterr().err
     assert main(["get", "--retries", "-1", "https://example.com"]) == 2
     assert main(["get", "--insecure", "--cacert", "x.pem", "https://example.com"]) == 2
+
+
+def test_an_unknown_option_shows_the_usage_of_its_command(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["get", "--bogus", "https://example.com/"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: httpx-resilience get ")
+    assert err.endswith("httpx-resilience get: error: unrecognized arguments: --bogus\n")
+    assert main(["--bogus"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "httpx-resilience: error: unrecognized arguments: --bogus\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["fault-server", "--port", "99999"], "--port: must be from 0 to 65535, got 99999"),
+        (["fault-server", "--port", "-1"], "--port: must be from 0 to 65535, got -1"),
+        (["fault-server", "--seed", "1.5"], "--seed: not a whole number: '1.5'"),
+        (["fault-server", "--goaway-every", "0"], "--goaway-every: must be at least 1, got 0"),
+        (["fault-server", "--max-lifetime", "nan"], "--max-lifetime: must be more than 0"),
+        (["demo", "--requests", "10000000"], "--requests: must be from 1 to 100000"),
+        (["demo", "--concurrency", "0"], "--concurrency: must be from 1 to 10000, got 0"),
+        (["demo", "--seed", "x"], "--seed: not a whole number: 'x'"),
+        (["get", "--retries", "two", "https://example.com/"], "--retries: not a whole number"),
+        (["get", "--timeout", "0", "https://example.com/"], "--timeout: must be more than 0"),
+    ],
+)
+def test_numeric_options_are_checked_before_anything_runs(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: httpx-resilience {argv[0]} ")
+    assert f"httpx-resilience {argv[0]}: error: argument {message}" in err
 
 
 # -- get against the fault server ---------------------------------------------
@@ -240,6 +279,45 @@ def test_insecure_skips_the_certificate_check(capsys: pytest.CaptureFixture[str]
     assert fields(capsys.readouterr().out)["status"] == "200 OK"
 
 
+def test_attempts_come_from_the_retry_log_without_notes(
+    closed_port: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Python 3.10 gives: no ``add_note``, so the retry layer's log counts."""
+    monkeypatch.setattr(_retry, "_add_note", lambda exc, history: None)
+    logger = logging.getLogger("httpx_resilience")
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    try:
+        level = logger.level
+        code = main(["get", f"http://127.0.0.1:{closed_port}/"], sleep=FakeSleep())
+        assert code == 3
+        err = one_line_error(capsys.readouterr().err)
+        assert err.endswith("nothing listens there (3 attempts)")
+        # Counting took no more records to the user's handlers than the level lets out.
+        assert logger.getEffectiveLevel() > logging.INFO
+        assert seen == []
+        assert (logger.level, logger.filters) == (level, [])  # left as it was
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_ctrl_c_as_asyncio_delivers_it_on_python_3_10(capsys: pytest.CaptureFixture[str]) -> None:
+    """asyncio on 3.10 makes Ctrl-C a cancelled main task: a CancelledError out of the loop."""
+
+    async def interrupted(seconds: float) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
+
+    with serving(FaultPlan(default=Respond(503, retry_after=1)), tls=False) as server:
+        code = main(["get", f"{server.url}/x"], sleep=interrupted)
+    assert code == 130
+    assert capsys.readouterr().err == "httpx-resilience get: interrupted\n"
+
+
 def test_read_timeout(capsys: pytest.CaptureFixture[str]) -> None:
     with serving(FaultPlan(default=Stall(5))) as server:
         argv = ["get", "--timeout", "0.2", "--retries", "0", "--cacert", str(server.ca_path)]
@@ -252,11 +330,49 @@ def test_read_timeout(capsys: pytest.CaptureFixture[str]) -> None:
     )
 
 
+def test_timeouts_after_retries_say_how_long_it_took_in_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sleep = FakeSleep()
+    with serving(FaultPlan(default=Stall(5)), tls=False) as server:
+        code = main(["get", "--timeout", "0.1", f"{server.url}/slow"], sleep=sleep)
+    err = one_line_error(capsys.readouterr().err)
+    assert code == 3
+    prefix = (
+        f"httpx-resilience get: timed out waiting for the response of 127.0.0.1:{server.port} "
+        "after 0.1 s (--timeout, per attempt); 3 attempts, "
+    )
+    assert err.startswith(prefix), err
+    assert err.endswith(" s in all")
+    # Three read timeouts of 0.1 s; the waits between them were faked away.
+    assert float(err.removeprefix(prefix).removesuffix(" s in all")) >= 0.3
+    assert len(sleep.calls) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "guess"),
+    [
+        ("example.com", "https://example.com"),
+        ("example.com/path?q=1", "https://example.com/path?q=1"),
+        ("localhost:8443/x", "https://localhost:8443/x"),
+        ("127.0.0.1:8000", "https://127.0.0.1:8000"),
+        ("//example.com/x", "https://example.com/x"),
+    ],
+)
+def test_a_url_without_a_scheme_gets_a_suggestion(
+    url: str, guess: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["get", url]) == 2
+    assert one_line_error(capsys.readouterr().err) == (
+        f"httpx-resilience get: invalid URL {url!r}: no http:// or https://; did you mean {guess}?"
+    )
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
         ("ftp://example.com/", "the scheme must be http or https, not 'ftp://'"),
-        ("example.com/path", "the scheme must be http or https, not none"),
+        ("mailto:me@example.com", "the scheme must be http or https, not 'mailto://'"),
         ("https:///path", "no host name"),
         ("http://[::1/", "Invalid port"),
     ],

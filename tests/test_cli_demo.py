@@ -285,3 +285,22 @@ def test_progress_elsewhere_is_a_few_lines() -> None:
         progress("bare", done, 8)
     lines = stream.getvalue().splitlines()
     assert [line.split()[2] for line in lines] == ["2/8", "4/8", "6/8", "8/8"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ctrl_c_in_the_middle_of_the_run_is_one_line(
+    backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C lands in one of many tasks; trio then wraps it in an exception group."""
+
+    async def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    code = main(
+        ["demo", "--backend", backend, "--requests", "40", "--concurrency", "20"],
+        sleep=interrupted,
+    )
+    assert code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.endswith("\nhttpx-resilience demo: interrupted\n")

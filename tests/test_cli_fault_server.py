@@ -9,6 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -24,6 +25,7 @@ from httpx_resilience._cli import (
 )
 from httpx_resilience.testing import (
     Delay,
+    FaultServer,
     GoAway,
     InOrder,
     Refuse,
@@ -88,6 +90,14 @@ def test_parse_outcome(text: str, outcome: Any) -> None:
         ("slow(chunks=1,chunks=2)", "'chunks' given twice"),
         ("goaway(coalesce=maybe)", "not true or false"),
         ("delay(1", "arguments go in parentheses"),
+        # Values the server could not send, or would send as invalid HTTP.
+        ("503(retry-after=abc)", "Respond.retry_after must be seconds .* or an HTTP-date"),
+        ("503(retry-after=-1)", "Respond.retry_after must be seconds"),
+        ("503(retry-after=1.5)", "Respond.retry_after must be seconds"),
+        ("delay(nan)", "Delay.seconds must be >= 0, got nan"),
+        ("slow(interval=nan)", "SlowBody.interval must be >= 0"),
+        ("slow(status=99)", "SlowBody.status must be from 200 to 599"),
+        ("goaway(error-code=4294967296)", "GoAway.error_code must be from 0 to 2\\*\\*32-1"),
     ],
 )
 def test_parse_outcome_refuses(text: str, message: str) -> None:
@@ -114,7 +124,9 @@ def test_parse_route() -> None:
         ("/pay=2*200,refuse", "give every outcome a weight"),
         ("/pay=x*200", "not a weight"),
         ("/pay=delay(1))", "unbalanced"),
-        ("/pay=-1*200", "weights must be >= 0"),
+        ("/pay=-1*200", "'/pay=-1\\*200': weights must be finite and >= 0"),
+        ("/pay=inf*200,1*503", "weights must be finite and >= 0, got inf"),
+        ("/pay=nan*200", "weights must be finite and >= 0, got nan"),
     ],
 )
 def test_parse_route_refuses(spec: str, message: str) -> None:
@@ -161,11 +173,41 @@ def test_build_plan_refuses(specs: list[str], message: str) -> None:
         build_plan(specs)
 
 
-def test_a_bad_plan_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["fault-server", "--plan", "/x=teapot"]) == 2
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ("/x=teapot", "unknown outcome 'teapot'"),
+        ("/x=503(retry-after=abc)", "Respond.retry_after must be seconds"),
+        ("/x=9*200,inf*reset", "weights must be finite"),
+    ],
+)
+def test_a_bad_plan_is_a_one_line_error(
+    plan: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["fault-server", "--no-tls", "--plan", plan]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert "unknown outcome 'teapot'" in err
+    assert err.startswith("httpx-resilience fault-server: '")  # the part of the plan at fault
+    assert message in err
+
+
+@pytest.mark.anyio
+async def test_http1_status_lines_carry_the_standard_reason_phrase() -> None:
+    plan = build_plan(["/busy=503(retry-after=1)", "/gone=slow(chunks=1,status=404)", "/odd=599"])
+    lines = []
+    async with FaultServer(plan, tls=False, http2=False) as server:
+        for path in ("/busy", "/gone", "/odd"):
+            async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+                await stream.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                head = b""
+                while b"\r\n" not in head:
+                    head += await stream.receive()
+                lines.append(head.partition(b"\r\n")[0])
+    assert lines == [
+        b"HTTP/1.1 503 Service Unavailable",
+        b"HTTP/1.1 404 Not Found",
+        b"HTTP/1.1 599 ",  # no standard phrase; RFC 9112 lets it be empty
+    ]
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])

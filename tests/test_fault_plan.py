@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -58,6 +60,13 @@ def test_respond_normalises_headers_and_retry_after() -> None:
         (lambda: Weighted(), "at least one"),
         (lambda: Weighted((0, Respond())), "positive"),
         (lambda: Weighted((-1, Respond()), (1, Refuse())), ">= 0"),
+        (lambda: Weighted((math.inf, Respond()), (1, Refuse())), "finite"),
+        (lambda: Weighted((math.nan, Respond())), "finite"),
+        (lambda: Delay(math.nan), "Delay.seconds must be >= 0, got nan"),
+        (lambda: Stall(math.nan), "Stall.seconds"),
+        (lambda: SlowBody(status=100), "SlowBody.status"),
+        (lambda: GoAway(error_code=2**32), "GoAway.error_code"),
+        (lambda: GoAway(error_code=-1), "GoAway.error_code"),
         (lambda: FaultPlan(routes={"x": Respond()}), "start with"),
         (lambda: FaultPlan(goaway_every=0), "goaway_every"),
     ],
@@ -65,6 +74,55 @@ def test_respond_normalises_headers_and_retry_after() -> None:
 def test_invalid_settings_fail_at_construction(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         make()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "value", [0, 120, "120", "Wed, 21 Oct 2026 07:28:00 GMT", "Sun, 06 Nov 1994 08:49:37 +0000"]
+)
+def test_retry_after_takes_seconds_or_an_http_date(value: int | str) -> None:
+    assert Respond(503, retry_after=value).headers == (("retry-after", str(value)),)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "abc",
+        -1,
+        "-1",
+        "1.5",
+        " 1",
+        True,
+        "Wed, 21 Oct 2026 07:28:00 -0000",  # no zone: not an HTTP-date
+        "Wed, 21 Oct 2026 07:28:00 GMT\r\nX-Evil: 1",
+        "٣",  # a digit, but not an ASCII one
+    ],
+)
+def test_retry_after_refuses_what_is_not_a_retry_after(value: object) -> None:
+    with pytest.raises(ValueError, match=r"retry_after must be seconds .* or an HTTP-date"):
+        Respond(503, retry_after=value)  # type: ignore[arg-type]
+
+
+def test_any_well_formed_header_value_goes_through_headers() -> None:
+    # A test of a client's parsing may want a Retry-After no server should send.
+    respond = Respond(503, headers={"Retry-After": "abc", "X-Latin-1": "café", "X-Empty": ""})
+    assert respond.headers == (("retry-after", "abc"), ("x-latin-1", "café"), ("x-empty", ""))
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"Bad Name": "x"}, "not a header name: 'bad name'"),
+        ({"": "x"}, "not a header name: ''"),
+        ({":status": "200"}, "not a header name"),
+        ({"X-Split": "a\r\nX-Evil: 1"}, "the value of 'x-split' is not a header value"),
+        ({"X-Nul": "a\x00b"}, "not a header value"),
+        ({"X-Padded": " a"}, "not a header value"),
+        ({"X-Euro": "€"}, "not a header value"),
+    ],
+)
+def test_headers_refuse_what_http_cannot_carry(headers: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=rf"^Respond\.headers: .*{re.escape(message)}"):
+        Respond(headers=headers)
 
 
 def test_routes_accept_an_outcome_a_list_or_a_route() -> None:

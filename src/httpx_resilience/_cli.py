@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
+import errno
 import functools
 import importlib.util
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import IO, Any, cast
+from typing import IO, TYPE_CHECKING, Any, cast
 
 import anyio
 
@@ -33,6 +36,9 @@ from ._fault_plan import (
 from ._retry import Sleep
 from ._version import VERSION
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 PROG = "httpx-resilience"
 
 LAYERS = (
@@ -42,6 +48,10 @@ LAYERS = (
     ("TracingTransport", "one OpenTelemetry span and duration point per attempt"),
     ("HTTPTransport", "httpx's transport, HTTP/2 on, DNS/connect/TLS timings, GOAWAY guard"),
 )
+
+#: Bounds of the demo's workload: a demo, not a load test.
+MAX_DEMO_REQUESTS = 100_000
+MAX_DEMO_CONCURRENCY = 10_000
 
 COMMANDS = (
     ("demo", "bare httpx and resilient_transport() against a local fault server"),
@@ -61,9 +71,23 @@ def main(
     ``resolver`` (host name to addresses) and ``sleep`` (the wait between
     attempts) replace the system's for ``get`` and ``demo``: tests pass fakes.
     """
+    try:
+        return _main(argv, resolver=resolver, sleep=sleep)
+    finally:
+        # Output a closed pipe did not take would otherwise make the
+        # interpreter's own flush at exit print "Exception ignored ...".
+        _flush(sys.stdout)
+        _flush(sys.stderr)
+
+
+def _main(argv: Sequence[str] | None, *, resolver: Resolver | None, sleep: Sleep | None) -> int:
     parser = _parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            # argparse reports a subcommand's unknown options with the top
+            # level's usage; the subcommand's usage is the one that helps.
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else 2
     command: Callable[..., int] | None = getattr(args, "run", None)
@@ -84,19 +108,71 @@ def main(
 
 
 def _about() -> None:
-    print(f"httpx-resilience {VERSION}")
-    print("layers, outermost first:")
+    lines = [f"httpx-resilience {VERSION}", "layers, outermost first:"]
     width = max(len(name) for name, _ in LAYERS)
-    for name, job in LAYERS:
-        print(f"  {name:<{width}}  {job}")
-    print("commands:")
+    lines += [f"  {name:<{width}}  {job}" for name, job in LAYERS]
+    lines.append("commands:")
     width = max(len(name) for name, _ in COMMANDS)
-    for name, job in COMMANDS:
-        print(f"  {PROG} {name:<{width}}  {job}")
+    lines += [f"  {PROG} {name:<{width}}  {job}" for name, job in COMMANDS]
+    _out("\n".join(lines))
 
 
 def _error(command: str, message: str) -> None:
-    print(f"{PROG} {command}: {message}", file=sys.stderr)
+    _write(sys.stderr, f"{PROG} {command}: {message}\n")
+
+
+# -- output -------------------------------------------------------------------
+# A reader that goes away (`| head -1`) closes the pipe under stdout, and the
+# next write raises BrokenPipeError. That is no error of the command: what is
+# left to print is dropped, the command finishes and keeps its exit code.
+
+
+def _out(text: str) -> None:
+    """Print a line (or lines) on stdout now."""
+    _write(sys.stdout, text + "\n")
+
+
+def _write(stream: IO[str] | None, text: str) -> None:
+    if stream is None:  # started with the descriptor closed (`>&-`)
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except OSError as exc:
+        if not _reader_gone(exc):
+            raise
+        _discard(stream)
+
+
+def _flush(stream: IO[str] | None) -> None:
+    if stream is None:
+        return
+    try:
+        stream.flush()
+    except OSError as exc:
+        if not _reader_gone(exc):
+            raise
+        _discard(stream)
+    except ValueError:  # closed by whoever replaced it
+        pass
+
+
+def _reader_gone(exc: OSError) -> bool:
+    # EPIPE: the reader closed its end of the pipe; EIO: the terminal hung up.
+    return isinstance(exc, BrokenPipeError) or exc.errno == errno.EIO
+
+
+def _discard(stream: IO[str]) -> None:
+    """Send what ``stream`` still holds, and all it is given later, to /dev/null."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):  # not a file (a test's capture): each write is caught
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 def _installed(module: str) -> bool:
@@ -107,27 +183,47 @@ def _installed(module: str) -> bool:
 
 
 def _run(function: Callable[[], Any], backend: str) -> Any:
-    return anyio.run(function, backend=backend)
-
-
-def _positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+        return anyio.run(function, backend=backend)
+    except BaseException as exc:
+        if _interrupted(exc):
+            raise KeyboardInterrupt from None
+        raise
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ctrl-C, however the event loop let it out.
+
+    asyncio on Python 3.10 cancels the main task and lets the CancelledError
+    out; trio may wrap KeyboardInterrupt in an exception group.
+    """
+    if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+        return True
+    members = getattr(exc, "exceptions", None)
+    return (
+        isinstance(members, tuple)
+        and bool(members)
+        and all(isinstance(m, BaseException) and _interrupted(m) for m in members)
+    )
+
+
+def _whole(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number within bounds, refused with a message naming them."""
+    if minimum is not None and maximum is not None:
+        bounds = f"from {minimum} to {maximum}"
+    else:
+        bounds = f"at least {minimum}" if minimum is not None else f"at most {maximum}"
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return whole
 
 
 def _seconds(text: str) -> float:
@@ -149,8 +245,19 @@ def _header(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with help and usage errors written as the rest of the output is."""
+
+    # Every message of argparse goes through here: help, usage, --version,
+    # errors. Python 3.10's own lets BrokenPipeError out.
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        if message:
+            # argparse passes sys.stdout or sys.stderr.
+            _write(cast(IO[str], file or sys.stderr), message)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Resilience middleware for httpx, built as composable transports.",
         epilog="Without a command: the version and the layers of resilient_transport().",
@@ -158,7 +265,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    backend = argparse.ArgumentParser(add_help=False)
+    backend = _Parser(add_help=False)
     backend.add_argument(
         "--backend",
         choices=("asyncio", "trio"),
@@ -176,20 +283,24 @@ def _parser() -> argparse.ArgumentParser:
         "every request without any POST processed twice.",
     )
     demo.add_argument(
-        "--requests", type=_positive_int, default=300, metavar="N", help="default: 300"
+        "--requests",
+        type=_whole(1, MAX_DEMO_REQUESTS),
+        default=300,
+        metavar="N",
+        help=f"1 to {MAX_DEMO_REQUESTS} (default: 300)",
     )
     demo.add_argument(
         "--concurrency",
-        type=_positive_int,
+        type=_whole(1, MAX_DEMO_CONCURRENCY),
         default=150,
         metavar="N",
         help="requests in flight at once (default: 150)",
     )
     demo.add_argument(
-        "--seed", type=int, default=1, help="the workload and the fault draws (default: 1)"
+        "--seed", type=_whole(), default=1, help="the workload and the fault draws (default: 1)"
     )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, parser=demo)
 
     get = commands.add_parser(
         "get",
@@ -204,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     get.add_argument("--http1", action="store_true", help="HTTP/1.1 only (default: HTTP/2 too)")
     get.add_argument(
         "--retries",
-        type=_non_negative_int,
+        type=_whole(0),
         default=2,
         metavar="N",
         help="re-sends after a failed attempt, when safe (default: 2)",
@@ -230,7 +341,7 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--insecure", action="store_true", help="do not verify the certificate")
     tls.add_argument("--cacert", metavar="FILE", help="trust the CA certificates in this PEM file")
     get.add_argument("--json", action="store_true", help="print the result as JSON")
-    get.set_defaults(run=_get)
+    get.set_defaults(run=_get, parser=get)
 
     server = commands.add_parser(
         "fault-server",
@@ -248,7 +359,10 @@ def _parser() -> argparse.ArgumentParser:
         "stall(30), goaway, refuse.",
     )
     server.add_argument(
-        "--port", type=_non_negative_int, default=0, help="default: 0, an ephemeral port"
+        "--port",
+        type=_whole(0, 65535),
+        default=0,
+        help="0 to 65535 (default: 0, an ephemeral port)",
     )
     server.add_argument(
         "--plan",
@@ -258,11 +372,11 @@ def _parser() -> argparse.ArgumentParser:
         help="a named scenario, or a route; repeat for more routes (default: ok)",
     )
     server.add_argument(
-        "--seed", type=int, default=None, help="the seed of random draws (default: 0)"
+        "--seed", type=_whole(), default=None, help="the seed of random draws (default: 0)"
     )
     server.add_argument(
         "--goaway-every",
-        type=_positive_int,
+        type=_whole(1),
         default=None,
         metavar="N",
         help="end each connection after N requests (GOAWAY, or Connection: close)",
@@ -276,7 +390,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="stop by itself after S seconds (default: 300)",
     )
-    server.set_defaults(run=_fault_server)
+    server.set_defaults(run=_fault_server, parser=server)
     return parser
 
 
@@ -293,7 +407,7 @@ def _demo(args: argparse.Namespace, *, resolver: Resolver | None, sleep: Sleep |
         requests=args.requests, concurrency=args.concurrency, seed=args.seed
     )
     if not args.json:
-        print("\n".join(demo.format_header(options, demo.workload(options))), flush=True)
+        _out("\n".join(demo.format_header(options, demo.workload(options))))
     progress = ProgressPrinter(sys.stderr)
     run = functools.partial(demo.run_demo, options, progress=progress, sleep=sleep)
     try:
@@ -302,9 +416,9 @@ def _demo(args: argparse.Namespace, *, resolver: Resolver | None, sleep: Sleep |
         _error("demo", str(exc))
         return 2
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        _out(json.dumps(result.to_json(), indent=2))
     else:
-        print("\n" + "\n".join(demo.format_summary(result)))
+        _out("\n" + "\n".join(demo.format_summary(result)))
     if not result.ok:
         _error(
             "demo",
@@ -340,11 +454,10 @@ class ProgressPrinter:
             filled = self.WIDTH * done // total
             bar = "#" * filled + "." * (self.WIDTH - filled)
             end = f"  {now - start:.1f} s\n" if finished else ""
-            self._stream.write(f"\r{label} [{bar}] {done}/{total}{end}")
+            _write(self._stream, f"\r{label} [{bar}] {done}/{total}{end}")
         elif finished or done * 4 // total > (done - 1) * 4 // total:
             suffix = f" in {now - start:.1f} s" if finished else ""
-            self._stream.write(f"{label} {done}/{total}{suffix}\n")
-        self._stream.flush()
+            _write(self._stream, f"{label} {done}/{total}{suffix}\n")
 
 
 # -- get ----------------------------------------------------------------------
@@ -367,13 +480,13 @@ def _get(args: argparse.Namespace, *, resolver: Resolver | None, sleep: Sleep | 
         result: probe.ProbeResult = _run(run, args.backend)
     except probe.ProbeError as exc:
         if args.json:
-            print(json.dumps(probe.error_json(options, exc)))
+            _out(json.dumps(probe.error_json(options, exc)))
         _error("get", exc.message)
         return exc.exit_code
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        _out(json.dumps(result.to_json(), indent=2))
     else:
-        print("\n".join(probe.format_result(result)))
+        _out("\n".join(probe.format_result(result)))
     return probe.exit_code(result)
 
 
@@ -443,7 +556,7 @@ def _fault_server(
     started = time.monotonic()
 
     def ready(server: FaultServer) -> None:
-        print("\n".join(_ready_lines(server, plan, args.max_lifetime)), flush=True)
+        _out("\n".join(_ready_lines(server, plan, args.max_lifetime)))
 
     try:
         records = run_fault_server(
@@ -468,7 +581,7 @@ def _fault_server(
     for record in records:
         name = "ignored after GOAWAY" if record.outcome is None else format_outcome(record.outcome)
         outcomes[name] = outcomes.get(name, 0) + 1
-    print(
+    _out(
         f"stopped after {time.monotonic() - started:.1f} s: received {len(records)} requests, "
         f"processed {processed}"
         + ("" if not outcomes else "; " + ", ".join(f"{k} x{v}" for k, v in outcomes.items()))
@@ -566,7 +679,10 @@ def parse_route(spec: str) -> tuple[str | None, Route]:
             ordered.append(parse_outcome(item))
     if weighted and ordered:
         raise ValueError(f"{spec!r}: give every outcome a weight (W*OUTCOME), or none")
-    route: Route = Weighted(*weighted) if weighted else InOrder(*ordered)
+    try:
+        route: Route = Weighted(*weighted) if weighted else InOrder(*ordered)
+    except ValueError as exc:
+        raise ValueError(f"{spec!r}: {exc}") from None
     return (None if path == "*" else path), route
 
 

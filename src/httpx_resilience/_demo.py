@@ -76,10 +76,10 @@ GOAWAY_EVERY = 100
 ORDERS = "/orders"
 
 #: Short waits so the demo is quick; ``Retry-After: 1`` still makes a 503 wait 1 s.
-#: The retry budget keeps the default ratio (retries up to 20% of requests),
-#: but its bucket holds 50 tokens instead of 10: the default bucket is sized
-#: for steady traffic, and 150 requests started at once with 5-10% of them
-#: failing ask for more than 10 retries within a second.
+#: The retry budget is spelled out although it is the default (retries up to
+#: 20% of requests, a bucket of 50 tokens): 150 requests started at once with
+#: 5-10% of them failing ask for a burst of retries, which a much smaller
+#: bucket would refuse, and the demo must not change if the default does.
 DEMO_POLICY = RetryPolicy(
     stop=stop_after_attempt(6),
     wait=wait_exponential_jitter(multiplier=0.05, max=0.5, jitter=0.05),

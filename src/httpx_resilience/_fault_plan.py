@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import email.utils
+import math
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -17,14 +20,61 @@ ResetScope: TypeAlias = Literal["connection", "stream"]
 Headers: TypeAlias = tuple[tuple[str, str], ...]
 
 
+# RFC 9110 §5.1 and §5.5, as h11 checks them: a name is a token; a value is
+# visible Latin-1 characters, with spaces and tabs only inside.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_FIELD_VALUE = re.compile(
+    r"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?"
+)
+
+
 def _header_tuple(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> Headers:
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return tuple((str(name).lower(), str(value)) for name, value in items)
+    pairs = tuple((str(name).lower(), str(value)) for name, value in items)
+    for name, value in pairs:
+        # Checked here, or the server would send what no server may (h2 is
+        # told not to check what we send) or fail on it mid-response.
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"Respond.headers: not a header name: {name!r}")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise ValueError(
+                f"Respond.headers: the value of {name!r} is not a header value: {value!r} "
+                "(control characters, CR, LF, characters beyond Latin-1, or spaces at "
+                "either end)"
+            )
+    return pairs
+
+
+def _check_retry_after(value: object) -> None:
+    """RFC 9110 §10.2.3: delay-seconds or an HTTP-date."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value >= 0:
+            return
+    elif isinstance(value, str) and _FIELD_VALUE.fullmatch(value):
+        if value.isascii() and value.isdigit():
+            return
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            pass
+        else:
+            if when.tzinfo is not None:  # HTTP-dates are GMT; "-0000" says "unknown"
+                return
+    raise ValueError(
+        "Respond.retry_after must be seconds (a whole number >= 0) or an HTTP-date such as "
+        f"'Wed, 21 Oct 2026 07:28:00 GMT', got {value!r}; headers= sends any other value"
+    )
+
+
+def _check_status(owner: object, status: int) -> None:
+    if not 200 <= status <= 599:
+        # 1xx are interim answers, never the response itself.
+        raise ValueError(f"{type(owner).__name__}.status must be from 200 to 599, got {status}")
 
 
 def _check_non_negative(owner: object, **values: float) -> None:
     for name, value in values.items():
-        if value < 0:
+        if not value >= 0:  # NaN too
             raise ValueError(f"{type(owner).__name__}.{name} must be >= 0, got {value}")
 
 
@@ -46,11 +96,10 @@ class Respond:
     retry_after: int | str | None = None
 
     def __post_init__(self) -> None:
-        if not 200 <= self.status <= 599:
-            # 1xx are interim answers, never the response itself.
-            raise ValueError(f"status must be from 200 to 599, got {self.status}")
+        _check_status(self, self.status)
         headers = _header_tuple(self.headers)
         if self.retry_after is not None:
+            _check_retry_after(self.retry_after)
             headers += (("retry-after", str(self.retry_after)),)
         object.__setattr__(self, "headers", headers)
 
@@ -91,6 +140,7 @@ class SlowBody:
 
     def __post_init__(self) -> None:
         _check_non_negative(self, chunks=self.chunks, interval=self.interval)
+        _check_status(self, self.status)
         if self.chunk_size < 1:
             raise ValueError(f"SlowBody.chunk_size must be >= 1, got {self.chunk_size}")
 
@@ -182,6 +232,8 @@ class GoAway:
             raise ValueError(
                 f"last_stream_id must be from 0 to 2**31-1, got {self.last_stream_id}"
             )
+        if not 0 <= self.error_code < 2**32:
+            raise ValueError(f"GoAway.error_code must be from 0 to 2**32-1, got {self.error_code}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +296,8 @@ class Weighted:
             raise ValueError("Weighted needs at least one (weight, outcome) pair")
         checked = []
         for weight, outcome in choices:
-            if not weight >= 0:
-                raise ValueError(f"weights must be >= 0, got {weight!r}")
+            if not weight >= 0 or math.isinf(weight):
+                raise ValueError(f"weights must be finite and >= 0, got {weight!r}")
             checked.append((weight, _check_outcome(outcome)))
         cumulative = tuple(accumulate(weight for weight, _ in checked))
         if cumulative[-1] <= 0:

@@ -8,16 +8,20 @@ streams it covers (RFC 9113 §6.8), stall.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import http
 import json
 import logging
 import os
+import signal
 import socket
 import ssl
 import struct
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +70,8 @@ READ_SIZE = 65536
 #: The built-in ``/bytes`` body and the filler of made-up bodies, one block reused.
 _BLOCK = b"0123456789abcdef" * 4096
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+#: The standard reason phrase of each status, for the HTTP/1.1 status line.
+_REASONS = {status.value: status.phrase.encode("ascii") for status in http.HTTPStatus}
 _HOP_BY_HOP = frozenset(
     {"connection", "content-length", "keep-alive", "proxy-connection", "transfer-encoding"}
 )
@@ -645,7 +651,10 @@ class _H1Connection:
         fields = [*_length_header(status, size), *headers]
         if close:
             fields.append(("connection", "close"))
-        return self._h11.send(h11.Response(status_code=status, headers=fields)) or b""
+        response = h11.Response(
+            status_code=status, headers=fields, reason=_REASONS.get(status, b"")
+        )
+        return self._h11.send(response) or b""
 
     async def _send_data(self, chunk: bytes) -> None:
         # Content-Length framing passes the bytes through untouched: no copy.
@@ -1117,7 +1126,7 @@ def run_fault_server(
     on_ready: Callable[[FaultServer], object] | None = None,
     backend: str = "asyncio",
 ) -> list[Received]:
-    """Serve until ``max_lifetime`` passes or Ctrl-C; return what was received.
+    """Serve until ``max_lifetime`` passes, Ctrl-C or ``kill``; return what was received.
 
     >>> run_fault_server(  # doctest: +SKIP
     ...     FaultPlan(default=Weighted((9, Respond()), (1, Respond(503, retry_after=1)))),
@@ -1126,18 +1135,61 @@ def run_fault_server(
 
     ``on_ready`` is called once the server listens (a CLI prints the URL and
     the CA file there). ``backend`` is anyio's: ``"asyncio"`` or ``"trio"``.
+    Called from the main thread, it stops the same way on ``SIGINT``
+    (Ctrl-C), ``SIGTERM`` and ``SIGHUP``: it closes its connections, deletes
+    its CA file and returns. A signal the process was started ignoring
+    (``nohup``, ``&`` in a script) stays ignored.
     """
     servers: list[FaultServer] = []
 
     async def serve() -> None:
-        async with FaultServer(
-            plan, http2=http2, tls=tls, port=port, max_lifetime=max_lifetime
-        ) as server:
-            servers.append(server)
-            if on_ready is not None:
-                on_ready(server)
-            await server.wait_stopped()
+        with contextlib.ExitStack() as stack:
+            # Listening before the server starts: no signal finds it half made.
+            signals = _stop_signals(stack)
+            async with FaultServer(
+                plan, http2=http2, tls=tls, port=port, max_lifetime=max_lifetime
+            ) as server:
+                servers.append(server)
+                if on_ready is not None:
+                    on_ready(server)
+                async with anyio.create_task_group() as group:
+                    if signals is not None:
+                        group.start_soon(_stop_on, signals, server)
+                    await server.wait_stopped()
+                    group.cancel_scope.cancel()
 
-    with contextlib.suppress(KeyboardInterrupt):
+    # Ctrl-C before the handlers are in: on Python 3.10 asyncio cancels the
+    # main task and lets the CancelledError out, instead of KeyboardInterrupt.
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         anyio.run(serve, backend=backend)
     return servers[0].received if servers else []
+
+
+#: What stops ``run_fault_server``: Ctrl-C, ``kill``, the terminal closing.
+_STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
+def _stop_signals(stack: contextlib.ExitStack) -> AsyncIterator[signal.Signals] | None:
+    """Receive the stop signals the process does not ignore, when this thread can."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = {number: signal.getsignal(number) for number in _STOP_SIGNALS}
+    wanted = [number for number, handler in previous.items() if handler != signal.SIG_IGN]
+    if not wanted:
+        return None
+    for number in wanted:
+        handler = previous[number]
+        if handler is not None:  # None: set outside Python, cannot be put back
+            # asyncio puts back the defaults, not what the caller had.
+            stack.callback(signal.signal, number, handler)
+    try:
+        return stack.enter_context(anyio.open_signal_receiver(*wanted))
+    except (NotImplementedError, RuntimeError, ValueError):  # no signals here (Windows)
+        return None
+
+
+async def _stop_on(signals: AsyncIterator[signal.Signals], server: FaultServer) -> None:
+    async for _ in signals:
+        server.stop()

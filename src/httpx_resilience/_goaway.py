@@ -28,13 +28,19 @@ reordered: the GOAWAY is dropped and the resets go in at frame boundaries.
 
 from __future__ import annotations
 
+import math
+import select
 import ssl
 import struct
+import sys
+import traceback
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
+import anyio.lowlevel
+import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -47,6 +53,14 @@ _DATA, _HEADERS, _RST_STREAM, _GOAWAY = 0x0, 0x1, 0x3, 0x7
 _END_STREAM = 0x1
 _REFUSED_STREAM = 0x7
 _FRAME_HEADER = struct.Struct(">BHBBL")  # length as 1 + 2 bytes, type, flags, stream
+
+#: Seconds a cancelled HTTP/2 write may go on: enough for one that is merely
+#: in progress to finish, short enough that a cancel stays prompt.
+CANCEL_GRACE = 0.25
+
+# A write the socket has room for goes out at once: one default-size DATA
+# frame (16 KiB) and a few small frames with it.
+_SMALL_WRITE = 20 * 1024
 
 
 def refused_stream_frame(stream_id: int) -> bytes:
@@ -294,6 +308,7 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
         self._state = state
         self._watch: H2Watch | None = None
         self._decided = False
+        self._room: _SendRoom | None = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         watch = self._watch
@@ -321,15 +336,95 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
         if self._watch is not None:
             buffer = self._watch.sent(buffer)
             if buffer:
-                # httpcore has already taken these bytes out of h2's buffer,
-                # and they may carry other streams' frames (and move the TLS
-                # and HPACK state on): cut short by a cancellation (a hedge's
-                # loser, a caller's timeout), the write would break the
-                # connection for every request on it. The timeout still holds.
-                with anyio.CancelScope(shield=True):
-                    await self._stream.write(buffer, timeout)
+                await self._write_frames(buffer, timeout)
             return
         await self._stream.write(buffer, timeout)
+
+    async def _write_frames(self, buffer: bytes, timeout: float | None) -> None:
+        """Write HTTP/2 frames whole, unless a cancelled write blocks past a short grace.
+
+        httpcore has already taken these bytes out of h2's buffer, and they
+        may carry other streams' frames (and move the TLS and HPACK state
+        on): cut short by a cancellation (a hedge's loser, a caller's
+        timeout), the write leaves a frame half sent, and the connection is
+        broken for every request on it. So a cancelled write may go on for
+        ``CANCEL_GRACE`` seconds; one still blocked then (a server that
+        stopped reading) is cut, and its connection closed, so that the
+        caller's cancellation is prompt and no other request meets a
+        half-written frame. The write timeout still holds.
+        """
+        room = self._room
+        if room is None:
+            room = self._room = _SendRoom(self._stream.get_extra_info("socket"))
+        if len(buffer) <= _SMALL_WRITE and room.has_room():
+            # The common case: the socket takes the bytes at once. Shielded,
+            # with no task to watch for a cancellation: nothing here sees one
+            # sent by cancel(), and only a deadline (the caller's, plus the
+            # grace) can cut the write.
+            deadline = anyio.current_effective_deadline()
+            if deadline == -math.inf:  # already cancelled
+                deadline = anyio.current_time()
+            with anyio.CancelScope(shield=True, deadline=deadline + CANCEL_GRACE) as scope:
+                await self._stream.write(buffer, timeout)
+            cut = scope.cancelled_caught
+        else:
+            cut = await self._write_watched(buffer, timeout)
+        if cut:
+            await self._close_cut()
+
+    async def _write_watched(self, buffer: bytes, timeout: float | None) -> bool:
+        """Write while a task waits for the caller's cancellation; whether the write was cut.
+
+        For writes that may block (the socket is full): the write runs
+        shielded, and the watching task, which the caller's cancel scopes
+        do reach, gives it ``CANCEL_GRACE`` seconds once they are cancelled.
+        """
+        write_scope = anyio.CancelScope(shield=True)
+        done = False
+
+        async def watch() -> None:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                if not done:
+                    write_scope.deadline = anyio.current_time() + CANCEL_GRACE
+            # Ends quietly: the caller's own cancellation reaches the caller
+            # after the write, and nothing else is worth reporting.
+
+        error: Exception | None = None
+        async with anyio.create_task_group() as group:
+            group.start_soon(watch)
+            try:
+                with write_scope:
+                    await self._stream.write(buffer, timeout)
+            except Exception as exc:
+                # Raised outside the task group, which would wrap it in an
+                # ExceptionGroup that httpcore does not expect.
+                error = exc
+            finally:
+                done = True
+                group.cancel_scope.cancel()
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error
+        return write_scope.cancelled_caught
+
+    async def _close_cut(self) -> None:
+        """Close the connection a cut write left half-written, and let the cancellation through.
+
+        A cut happens only after the caller's cancellation (a deadline past,
+        or cancel()), which the checkpoint delivers; the pool drops the
+        connection once its last request has ended.
+        """
+        self._state.draining = True
+        with anyio.CancelScope(shield=True):
+            await self._stream.aclose()
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        raise httpcore.WriteError(  # pragma: no cover - the cancellation comes first
+            "an HTTP/2 write was cut short by a cancellation; the connection is closed"
+        )
 
     async def aclose(self) -> None:
         await self._stream.aclose()
@@ -340,7 +435,14 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        try:
+            stream = await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            # httpcore closes the TCP stream when the handshake fails, but
+            # not when it is cancelled, and nothing else would.
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+            raise
         ssl_object = stream.get_extra_info("ssl_object")
         protocol = None if ssl_object is None else ssl_object.selected_alpn_protocol()
         if protocol is not None and protocol != "h2":
@@ -357,6 +459,34 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
 
     def get_extra_info(self, info: str) -> typing.Any:
         return self._stream.get_extra_info(info)
+
+
+class _SendRoom:
+    """Whether a socket's send buffer has room, asked without blocking.
+
+    On Linux a TCP socket polls writable only while its free send space is
+    at least half of what is queued, so one frame then fits. Without a
+    socket to ask (another network backend), the answer is no.
+    """
+
+    __slots__ = ("_poll", "_sock")
+
+    def __init__(self, sock: typing.Any) -> None:
+        self._sock = sock
+        self._poll: typing.Any = None
+        if sock is not None and hasattr(select, "poll"):  # not on Windows
+            poll = select.poll()
+            poll.register(sock, select.POLLOUT)
+            self._poll = poll
+
+    def has_room(self) -> bool:
+        if self._poll is not None:
+            for _, events in self._poll.poll(0):
+                return bool(events == select.POLLOUT)
+            return False
+        if self._sock is None:
+            return False
+        return bool(select.select([], [self._sock], [], 0)[1])  # pragma: no cover - Windows
 
 
 class _GuardingBackend(httpcore.AsyncNetworkBackend):
@@ -405,10 +535,20 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
     def __init__(self, *, state: GoawayState, **options: typing.Any) -> None:
         super().__init__(**options)
         self._goaway = state
+        #: Requests that reached this connection.
+        self._requests_seen = 0
+        #: Never used, and reported expired to the pool (see ``_orphaned``).
+        self._abandoned = False
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        if self._abandoned:
+            # The pool has dropped this connection; it queues the request again.
+            raise httpcore.ConnectionNotAvailable()
+        self._requests_seen += 1
         try:
             return await super().handle_async_request(request)
+        except httpcore.ConnectionNotAvailable:
+            raise
         except httpcore.ProtocolError as exc:
             state = self._goaway
             detail = exc.args[0] if exc.args else None
@@ -428,11 +568,53 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
             ):
                 raise httpcore.RemoteProtocolError(AboveLastStream(stream_id, last)) from exc
             raise
+        except BaseException:
+            await self._close_if_stranded()
+            raise
+
+    async def _close_if_stranded(self) -> None:
+        """Close the connection if its first request failed and left it of no use to the pool.
+
+        A request cancelled between connecting and its first byte leaves
+        httpcore's HTTP/1.1 connection NEW: open, but neither idle,
+        available, closed nor expired, so the pool would keep it, counted
+        against ``max_connections``, for ever. Closed, the pool drops it.
+        """
+        if self._requests_seen == 1 and not (
+            self.is_idle() or self.is_available() or self.is_closed() or self.has_expired()
+        ):
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    def _orphaned(self) -> bool:
+        """Whether the request this connection was created for is gone before using it.
+
+        The pool creates a connection for a queued request, which can be
+        cancelled before it runs again to use it. Until it connects, an
+        HTTP/1.1 connection is neither idle, available, closed nor expired,
+        so the pool would keep it, counted against ``max_connections``, for
+        ever. The pool asks ``has_expired`` while it unwinds the failed or
+        cancelled request (in its ``except`` clause): a never-used
+        connection seen then is taken as that request's. A wrong guess
+        costs nothing: the request still to come meets
+        ``ConnectionNotAvailable`` and the pool queues it again.
+        """
+        if (
+            not self._abandoned
+            and self._requests_seen == 0
+            and sys.exc_info()[1] is not None
+            # An HTTP/2-capable connection is offered to the next request anyway.
+            and not super().is_available()
+        ):
+            self._abandoned = True
+        return self._abandoned
 
     def is_available(self) -> bool:
         return not self._goaway.draining and super().is_available()
 
     def has_expired(self) -> bool:
+        if self._orphaned():
+            return True
         return super().has_expired() or (self._goaway.draining and self.is_idle())
 
 
@@ -531,3 +713,37 @@ def unprocessed_reason(exc: BaseException) -> str | None:
     ):
         return "CONNECTION_CLOSED"
     return None
+
+
+def server_broke_protocol(exc: BaseException) -> bool:
+    """Whether a ``LocalProtocolError`` is the client refusing a step because of the server.
+
+    httpcore raises every error of h2 as ``LocalProtocolError``, also when
+    the server broke the protocol: h2 refused its frames, or the server's
+    error closed the connection or stream under a request still sending or
+    reading, and h2's state machine refused the next step ("Invalid input
+    ConnectionInputs.SEND_DATA in state ConnectionState.CLOSED"). That is
+    the server's fault, as a ``RemoteProtocolError`` is, and another
+    attempt may well succeed. A request the caller built wrong (a header
+    h11 or h2 refuses: ``Illegal header value``, a ``TE`` header) fails
+    before anything is sent, and would fail again: ``False``.
+    """
+    cause = exc.__cause__
+    if not isinstance(exc, httpx.LocalProtocolError) or not isinstance(
+        cause, httpcore.LocalProtocolError
+    ):
+        return False
+    detail = cause.args[0] if cause.args else None
+    if not isinstance(detail, h2.exceptions.ProtocolError):
+        return False  # h11 refused the caller's request itself
+    if isinstance(detail, h2.exceptions.StreamClosedError) or str(detail).startswith(
+        "Invalid input "
+    ):
+        return True  # the server closed or reset what the request still used
+    # Otherwise h2 refused either the server's frames or the request's
+    # headers; only the former come out of its receive_data().
+    return any(
+        frame.f_code.co_name == "receive_data"
+        and frame.f_globals.get("__name__") == h2.connection.__name__
+        for frame, _ in traceback.walk_tb(detail.__traceback__)
+    )

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +99,11 @@ def check_url(url: str) -> httpx.URL:
     except httpx.InvalidURL as exc:
         raise ProbeError("url", f"invalid URL {url!r}: {exc}") from None
     if parsed.scheme not in ("http", "https"):
+        guess = _with_scheme(url)
+        if guess is not None:
+            raise ProbeError(
+                "url", f"invalid URL {url!r}: no http:// or https://; did you mean {guess}?"
+            )
         given = f"'{parsed.scheme}://'" if parsed.scheme else "none"
         raise ProbeError(
             "url", f"invalid URL {url!r}: the scheme must be http or https, not {given}"
@@ -103,6 +111,21 @@ def check_url(url: str) -> httpx.URL:
     if not parsed.host:
         raise ProbeError("url", f"invalid URL {url!r}: no host name")
     return parsed
+
+
+def _with_scheme(url: str) -> str | None:
+    """``https://`` and the URL, when it was given without a scheme (``example.com/x``)."""
+    if "://" in url:
+        return None
+    rest = url.removeprefix("//")
+    try:
+        parsed = httpx.URL(f"https://{rest}")
+    except httpx.InvalidURL:
+        return None
+    # "mailto:me@host" would parse too, as user "mailto" at "host": no guess then.
+    if not parsed.host or not rest.lower().startswith(parsed.netloc.decode("ascii").lower()):
+        return None
+    return f"https://{rest}"
 
 
 def _verify(options: ProbeOptions) -> ssl.SSLContext | bool:
@@ -140,10 +163,18 @@ async def probe(
         transport_options["sleep"] = sleep
     transport = resilient_transport(**transport_options)
     async with httpx.AsyncClient(transport=transport, timeout=options.timeout) as client:
+        started = time.perf_counter()
         try:
-            response = await client.get(url, headers=list(options.headers))
+            with _counting_retries() as retries:
+                response = await client.get(url, headers=list(options.headers))
         except httpx.HTTPError as exc:
-            raise describe_error(exc, url, options.timeout) from exc
+            raise describe_error(
+                exc,
+                url,
+                options.timeout,
+                attempts=attempts_made(exc, retries.count),
+                elapsed=time.perf_counter() - started,
+            ) from exc
     extensions: Mapping[str, Any] = response.extensions
     version = response.http_version
     return ProbeResult(
@@ -183,20 +214,74 @@ def _find(exc: BaseException, kind: type[BaseException]) -> Any:
     return next((e for e in _chain(exc) if isinstance(e, kind)), None)
 
 
-def _gave_up(exc: BaseException) -> str:
-    """`` (3 attempts)`` when the retry layer gave up after more than one."""
+class _RetryRecords(logging.Filter):
+    """Counts the retry layer's log records of re-sends, one each, as they pass.
+
+    A filter on the logger sees each record before any handler does, and
+    passes on only what the logger would have let through at ``level``: the
+    count needs INFO, the user's handlers must not get more than before.
+    """
+
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.count = 0
+        self._level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # The fields docs/observability.md gives the record of a retry.
+        if all(hasattr(record, name) for name in ("attempt", "reason", "wait")):
+            self.count += 1
+        return record.levelno >= self._level
+
+
+@contextlib.contextmanager
+def _counting_retries() -> Iterator[_RetryRecords]:
+    """Count the retry layer's records of re-sends for as long as the block runs."""
+    logger = logging.getLogger("httpx_resilience")
+    level = logger.level
+    records = _RetryRecords(logger.getEffectiveLevel())
+    logger.setLevel(min(logging.INFO, logger.getEffectiveLevel()))
+    logger.addFilter(records)
+    try:
+        yield records
+    finally:
+        logger.removeFilter(records)
+        logger.setLevel(level)
+
+
+_GAVE_UP = "httpx-resilience: gave up after "
+
+
+def attempts_made(exc: BaseException, logged_retries: int = 0) -> int:
+    """How many times a failed request was sent, by the retry layer's own account.
+
+    Its note on the exception says so when there is one (``add_note`` is
+    Python 3.11+); otherwise each re-send it logged (``logged_retries``)
+    counts one more attempt.
+    """
     for note in getattr(exc, "__notes__", ()):
-        if note.startswith("httpx-resilience: gave up after "):
-            attempts = note.removeprefix("httpx-resilience: gave up after ").split(" ")[0]
-            return f" ({attempts} attempts)"
-    return ""
+        if isinstance(note, str) and note.startswith(_GAVE_UP):
+            with contextlib.suppress(ValueError):
+                return int(note.removeprefix(_GAVE_UP).split(" ")[0])
+    return 1 + logged_retries
 
 
-def describe_error(exc: httpx.HTTPError, url: httpx.URL, timeout: float) -> ProbeError:
-    """The one line a user needs to see for a failed request."""
+def describe_error(
+    exc: httpx.HTTPError,
+    url: httpx.URL,
+    timeout: float,
+    *,
+    attempts: int = 1,
+    elapsed: float | None = None,
+) -> ProbeError:
+    """The one line a user needs to see for a failed request.
+
+    ``attempts``: how many times it was sent; ``elapsed``: seconds from the
+    first attempt to the failure of the last, waits included.
+    """
     host = url.host
     where = f"{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
-    tries = _gave_up(exc)
+    tries = f" ({attempts} attempts)" if attempts > 1 else ""
     if isinstance(exc, httpx.UnsupportedProtocol):
         return ProbeError("url", f"invalid URL {str(url)!r}: {exc}")
     if isinstance(exc, httpx.TimeoutException):
@@ -206,7 +291,16 @@ def describe_error(exc: httpx.HTTPError, url: httpx.URL, timeout: float) -> Prob
             httpx.WriteTimeout: "sending the request to",
             httpx.PoolTimeout: "waiting for a free connection to",
         }.get(type(exc), "talking to")
-        return ProbeError("timeout", f"timed out {phase} {where} after {timeout:g} s{tries}")
+        if attempts == 1:
+            return ProbeError("timeout", f"timed out {phase} {where} after {timeout:g} s")
+        # --timeout bounds each phase of each attempt, not the whole command:
+        # say so, and how long the attempts and the waits between them took.
+        total = "" if elapsed is None else f", {elapsed:.2f} s in all"
+        return ProbeError(
+            "timeout",
+            f"timed out {phase} {where} after {timeout:g} s (--timeout, per attempt); "
+            f"{attempts} attempts{total}",
+        )
     gaierror = _find(exc, socket.gaierror)
     if gaierror is not None:
         reason = gaierror.strerror or str(gaierror)

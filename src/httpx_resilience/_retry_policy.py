@@ -18,7 +18,7 @@ from tenacity.wait import WaitBaseT
 from . import _checks
 from ._budget import RetryBudget
 from ._errors import CircuitOpenError
-from ._goaway import unprocessed_reason
+from ._goaway import server_broke_protocol, unprocessed_reason
 from ._options import request_options
 
 #: Safe to repeat by RFC 9110 §9.2.2.
@@ -197,7 +197,9 @@ def retry_reason(
     elif (unprocessed := unprocessed_reason(outcome)) is not None:
         # Provably never processed: safe whatever the method.
         reason, safe = unprocessed, True
-    elif isinstance(outcome, cast(tuple[type[Exception], ...], policy.exceptions)):
+    elif isinstance(
+        outcome, cast(tuple[type[Exception], ...], policy.exceptions)
+    ) or _server_broke_protocol(outcome, policy):
         if _certificate_refused(outcome):
             return None  # the same certificate will be refused again
         reason = type(outcome).__name__
@@ -207,6 +209,12 @@ def retry_reason(
     if safe and is_replayable(request):
         return reason
     return None
+
+
+def _server_broke_protocol(exc: BaseException, policy: RetryPolicy) -> bool:
+    """A LocalProtocolError the server caused, retried wherever a RemoteProtocolError is."""
+    exceptions = cast(tuple[type[Exception], ...], policy.exceptions)
+    return issubclass(httpx.RemoteProtocolError, exceptions) and server_broke_protocol(exc)
 
 
 def _certificate_refused(exc: BaseException) -> bool:

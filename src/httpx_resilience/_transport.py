@@ -204,6 +204,15 @@ class HTTPTransport(httpx.AsyncBaseTransport):
             )
 
     @property
+    def connections(self) -> list[httpcore.AsyncConnectionInterface]:
+        """The connections in the pool now, as httpcore's ``AsyncConnectionPool`` lists them.
+
+        For inspection: each says whether it is idle (``is_idle()``) and
+        what it is doing (``info()``).
+        """
+        return self._pool.connections
+
+    @property
     def dns_cache(self) -> DNSCache | None:
         """The DNS cache, when ``dns_cache_ttl`` turned it on."""
         return self._backend.dns_cache
