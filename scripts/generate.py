@@ -55,6 +55,7 @@ UNASYNC: list[tuple[str, str]] = [
     (r"\b__aexit__\b", "__exit__"),
     (r"\b__aiter__\b", "__iter__"),
     (r"\b__anext__\b", "__next__"),
+    (r"\bAsyncIterator\b", "Iterator"),
     (r"\baclose\b", "close"),
     (r"\baread\b", "read"),
     (r"\bStopAsyncIteration\b", "StopIteration"),

@@ -18,8 +18,8 @@ import anyio.from_thread
 import pytest
 
 from httpx_resilience import __version__, _retry
-from httpx_resilience.__main__ import main
-from httpx_resilience._probe import parse_header
+from httpx_resilience.cli import main
+from httpx_resilience.cli._probe import parse_header
 from httpx_resilience.testing import FaultPlan, FaultServer, Refuse, Respond, Stall
 
 from .fakes import FakeSleep

@@ -18,9 +18,8 @@ from typing import Any
 import anyio
 import pytest
 
-from httpx_resilience.__main__ import main
-from httpx_resilience._cli import ProgressPrinter
-from httpx_resilience._demo import (
+from httpx_resilience.cli import main
+from httpx_resilience.cli._demo import (
     BARE,
     STACK,
     DemoOptions,
@@ -31,6 +30,7 @@ from httpx_resilience._demo import (
     run_demo,
     workload,
 )
+from httpx_resilience.cli._main import ProgressPrinter
 from httpx_resilience.testing import FaultServer
 
 BACKENDS = ["asyncio", "trio"]

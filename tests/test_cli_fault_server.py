@@ -13,8 +13,8 @@ import anyio
 import httpx
 import pytest
 
-from httpx_resilience.__main__ import main
-from httpx_resilience._cli import (
+from httpx_resilience.cli import main
+from httpx_resilience.cli._main import (
     SCENARIOS,
     build_plan,
     describe_plan,

@@ -10,7 +10,6 @@ from collections import Counter
 import pytest
 
 import httpx_resilience.testing as testing
-from httpx_resilience._fault_plan import Chooser
 from httpx_resilience.testing import (
     Delay,
     FaultPlan,
@@ -25,6 +24,7 @@ from httpx_resilience.testing import (
     Stall,
     Weighted,
 )
+from httpx_resilience.testing._plan import Chooser
 
 
 def test_testing_module_exports_are_sorted_and_complete() -> None:

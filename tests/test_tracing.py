@@ -961,7 +961,7 @@ async def test_reset_right_after_the_headers_ends_every_span_and_frees_the_pool(
             assert len(spans) == resets  # every span ended
             assert {attrs(span)["http.response.status_code"] for span in spans} == {200}
             assert all(span.status.status_code is StatusCode.ERROR for span in spans)
-            assert [c for c in base._pool.connections if not (c.is_idle() or c.is_closed())] == []
+            assert [c for c in base.connections if not (c.is_idle() or c.is_closed())] == []
             # Later requests get connections: five at once, more than were left before.
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:

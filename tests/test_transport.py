@@ -25,7 +25,6 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from httpx_resilience import HTTPTransport, Timings
-from httpx_resilience._transport import as_httpx_error
 
 from .raw_server import RawConnection, RawServer
 from .servers import ScriptedApp, ServerThread
@@ -378,9 +377,12 @@ async def test_instruments_are_created_once_per_transport(
     counting = CountingMeterProvider(metric_reader[0])
     transport = HTTPTransport(meter_provider=counting)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport) as client:
+        await client.get(servers.http_url + "/echo")
+        created = list(counting.created)
         for _ in range(3):
             await client.get(servers.http_url + "/echo")
-    assert sorted(counting.created) == sorted(["dns.lookup.duration", SETUP, OPENED])
+    assert set(created) == {"dns.lookup.duration", SETUP, OPENED}
+    assert counting.created == created  # none more per request
 
 
 # --- the trace extension ---------------------------------------------------------------
@@ -609,16 +611,31 @@ async def test_https_through_a_proxy_times_the_request_not_the_connect(
         (httpcore.ProtocolError, httpx.ProtocolError),
     ],
 )
-def test_httpcore_errors_become_the_httpx_ones(
+async def test_httpcore_errors_become_the_httpx_ones(
     core: type[Exception], expected: type[httpx.TransportError]
 ) -> None:
-    mapped = as_httpx_error(core("boom"))
-    assert type(mapped) is expected
-    assert str(mapped) == "boom"
+    transport = HTTPTransport()
+    transport._pool._async_pool = BrokenPool(request_error=core("boom"))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.get("http://example.test/")
+    assert type(caught.value) is expected
+    assert str(caught.value) == "boom"
 
 
-def test_other_errors_are_left_alone() -> None:
-    assert as_httpx_error(RuntimeError("bug")) is None
+def test_the_request_path_is_httpx_own() -> None:
+    """Tools that patch httpx's transports (pytest-httpx, vcrpy, OpenTelemetry) see ours.
+
+    It pins the one private attribute of httpx's transports we rely on: both
+    send through ``self._pool``, which here holds our pools.
+    """
+    assert HTTPTransport.handle_async_request is httpx.AsyncHTTPTransport.handle_async_request
+    assert HTTPTransport.handle_request is httpx.HTTPTransport.handle_request
+    transport = HTTPTransport()
+    assert isinstance(transport, httpx.AsyncHTTPTransport)
+    assert isinstance(transport, httpx.HTTPTransport)
+    assert hasattr(transport._pool, "handle_async_request")
+    assert hasattr(transport._pool, "handle_request")
 
 
 # --- the response body ----------------------------------------------------------------
@@ -662,7 +679,7 @@ async def test_body_errors_are_raised_as_httpx_errors(
     error: Exception, expected: type[Exception]
 ) -> None:
     transport = HTTPTransport()
-    transport._pool = ScriptedPool(FailingBody(error))
+    transport._pool._async_pool = ScriptedPool(FailingBody(error))
     chunks: list[bytes] = []
 
     async def read(response: httpx.Response) -> None:
@@ -680,7 +697,7 @@ async def test_body_errors_are_raised_as_httpx_errors(
 
 async def test_body_close_errors_are_raised_as_httpx_errors() -> None:
     transport = HTTPTransport()
-    transport._pool = ScriptedPool(FailingBody(RuntimeError(), httpcore.ReadError("close")))
+    transport._pool._async_pool = ScriptedPool(FailingBody(RuntimeError(), httpcore.ReadError("close")))
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.send(
             client.build_request("GET", "http://example.test/"), stream=True
@@ -691,7 +708,7 @@ async def test_body_close_errors_are_raised_as_httpx_errors() -> None:
 
 async def test_unknown_body_errors_pass_through() -> None:
     transport = HTTPTransport()
-    transport._pool = ScriptedPool(FailingBody(RuntimeError("bug"), RuntimeError("close bug")))
+    transport._pool._async_pool = ScriptedPool(FailingBody(RuntimeError("bug"), RuntimeError("close bug")))
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.send(
             client.build_request("GET", "http://example.test/"), stream=True
@@ -704,7 +721,7 @@ async def test_unknown_body_errors_pass_through() -> None:
 
 async def test_unknown_errors_from_the_pool_pass_through() -> None:
     transport = HTTPTransport()
-    transport._pool = BrokenPool()
+    transport._pool._async_pool = BrokenPool()
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(RuntimeError, match="pool bug"):
             await client.get("http://example.test/")
@@ -712,11 +729,11 @@ async def test_unknown_errors_from_the_pool_pass_through() -> None:
 
 async def test_errors_on_exit_are_raised_as_httpx_errors() -> None:
     transport = HTTPTransport()
-    transport._pool = BrokenPool(httpcore.ReadError("closing"))
+    transport._pool._async_pool = BrokenPool(httpcore.ReadError("closing"))
     with pytest.raises(httpx.ReadError, match="closing"):
         async with transport:
             pass
-    transport._pool = BrokenPool(RuntimeError("exit bug"))
+    transport._pool._async_pool = BrokenPool(RuntimeError("exit bug"))
     with pytest.raises(RuntimeError, match="exit bug"):
         async with transport:
             pass
@@ -725,12 +742,15 @@ async def test_errors_on_exit_are_raised_as_httpx_errors() -> None:
 class BrokenPool(httpcore.AsyncConnectionPool):
     """A pool that fails every request with a bug, and its exit with ``exit_error``."""
 
-    def __init__(self, exit_error: Exception | None = None) -> None:
+    def __init__(
+        self, exit_error: Exception | None = None, request_error: Exception | None = None
+    ) -> None:
         super().__init__()
         self.exit_error = exit_error
+        self.request_error = request_error or RuntimeError("pool bug")
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        raise RuntimeError("pool bug")
+        raise self.request_error
 
     async def __aexit__(self, *args: object) -> None:
         if self.exit_error is not None:
@@ -739,7 +759,7 @@ class BrokenPool(httpcore.AsyncConnectionPool):
 
 async def test_body_without_aclose_is_fine() -> None:
     transport = HTTPTransport()
-    transport._pool = ScriptedPool(_NoClose([b"plain"]))
+    transport._pool._async_pool = ScriptedPool(_NoClose([b"plain"]))
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.get("http://example.test/")
     assert response.content == b"plain"

@@ -10,10 +10,11 @@ from ._budget import RetryBudget
 from ._circuit import CircuitSnapshot, CircuitState
 from ._dns import DNSCache, Resolver, default_resolver
 from ._errors import CircuitOpenError
-from ._hedging import HedgeHistory, HedgingPolicy, HedgingTransport
+from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
 from ._network import TimedNetworkBackend
+from ._records import HedgeHistory, Timings
 from ._redact import SENSITIVE_QUERY_PARAMETERS
 from ._request_id import RequestIdTransport
 from ._request_ids import current_request_id, new_request_id, request_id
@@ -30,7 +31,6 @@ from ._retry_policy import (
     retry_reason,
 )
 from ._stack import PRODUCTION_LIMITS, resilient_transport
-from ._timings import Timings
 from ._tracing import TracingTransport
 from ._transport import HTTPTransport
 from ._version import VERSION as __version__  # noqa: F401 - public, not in __all__

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from ._cli import main as main
+from .cli import main as main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,7 @@ from ._keys import CIRCUIT
 from ._layer import Layer, Transport
 from ._lru import make_room
 from ._origin import Origin, format_origin, origin_of
-from ._semconv import _DEFAULT_PORTS, SERVER_ADDRESS, SERVER_PORT
+from ._semconv import DEFAULT_PORTS, SERVER_ADDRESS, SERVER_PORT
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -327,7 +327,7 @@ def _attributes(origin: Origin) -> dict[str, str | int]:
     scheme, host, port = origin
     attributes: dict[str, str | int] = {SERVER_ADDRESS: host}
     if port is None:  # httpx leaves a scheme's default port out of the URL
-        port = _DEFAULT_PORTS.get(scheme)
+        port = DEFAULT_PORTS.get(scheme)
     if port is not None:
         attributes[SERVER_PORT] = port
     return attributes

@@ -747,3 +747,7 @@ def server_broke_protocol(exc: BaseException) -> bool:
         and frame.f_globals.get("__name__") == h2.connection.__name__
         for frame, _ in traceback.walk_tb(detail.__traceback__)
     )
+
+
+# TODO(restructure): the sync guard, generated, once the GOAWAY work lands.
+SyncGuardedConnectionPool = httpcore.ConnectionPool

@@ -22,6 +22,7 @@ from ._layer import Layer, Transport
 from ._lru import make_room
 from ._options import request_options
 from ._origin import Origin, origin_of
+from ._records import HedgeHistory
 from ._retry import Sleep
 from ._retry_policy import (
     DEFAULT_POLICY,
@@ -121,22 +122,6 @@ class HedgingPolicy:
 
 
 DEFAULT_HEDGING_POLICY = HedgingPolicy()
-
-
-@dataclass(frozen=True, slots=True)
-class HedgeHistory:
-    """What the hedging layer did for a response: ``response.extensions["hedging"]``.
-
-    ``attempts`` were sent; ``winner`` is the number (from 1) of the one
-    whose answer this is, ``None`` when none was acceptable and this is the
-    last to come back.
-
-    >>> response.extensions["hedging"]  # doctest: +SKIP
-    HedgeHistory(attempts=2, winner=2)
-    """
-
-    attempts: int
-    winner: int | None
 
 
 _NOT_HEDGED = HedgeHistory(attempts=1, winner=1)

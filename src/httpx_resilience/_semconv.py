@@ -27,7 +27,7 @@ KNOWN_METHODS = frozenset(
 )
 OTHER_METHOD = "_OTHER"
 
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 # httpcore reports the version as bytes; the conventions want the bare number.
 _PROTOCOL_VERSIONS = {b"HTTP/1.0": "1.0", b"HTTP/1.1": "1.1", b"HTTP/2": "2", b"HTTP/3": "3"}
@@ -41,7 +41,7 @@ def method_attribute(method: str) -> str:
 def server_port(url: URLLike) -> int | None:
     """``server.port``, the scheme's default included (httpx leaves it out of ``url.port``)."""
     port = url.port
-    return port if port is not None else _DEFAULT_PORTS.get(url.scheme)
+    return port if port is not None else DEFAULT_PORTS.get(url.scheme)
 
 
 def protocol_version(http_version: object) -> str | None:

@@ -2,57 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-import httpx
+import httpcore
 
 from . import _otel, _semconv
 from ._clock import seconds
-from ._network import TIMED_STREAM, TimedStream
+from ._network import TIMED_STREAM, SyncTimedStream, TimedStream
+from ._origin import Origin
+from ._records import Timings
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import Meter, MeterProvider
 
 Clock = Callable[[], float]
 TraceCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
+SyncTraceCallback = Callable[[str, dict[str, Any]], None]
 
 SETUP_DURATION = "httpx_resilience.connection.setup.duration"
 CONNECTIONS_OPENED = "httpx_resilience.connection.opened"
-
-
-@dataclass(frozen=True, slots=True)
-class Timings:
-    """How long each phase of one attempt took, in seconds: ``response.extensions["timings"]``.
-
-    >>> timings = response.extensions["timings"]  # doctest: +SKIP
-    >>> if not timings.connection_reused:  # doctest: +SKIP
-    ...     print(f"dns {timings.dns:.3f} connect {timings.connect:.3f} tls {timings.tls}")
-    >>> ttfb = timings.queue + timings.send + timings.wait  # doctest: +SKIP
-
-    ``dns``, ``connect`` and ``tls`` are ``None`` when the attempt did not
-    open a connection (``connection_reused``), when the host is an IP
-    address (no lookup) and, for ``tls``, over plain HTTP. ``total`` ends
-    when the response headers are in: reading the body is the caller's time.
-    """
-
-    dns: float | None
-    """Name lookup: the resolver call, or the DNS cache."""
-    connect: float | None
-    """TCP connect (every address tried, until one answers)."""
-    tls: float | None
-    """TLS handshake."""
-    queue: float
-    """Waiting for a connection or an HTTP/2 stream, setup not included."""
-    send: float
-    """Writing the request headers and body."""
-    wait: float
-    """From the end of the request to the response headers: time to first byte."""
-    total: float
-    """From the start of the attempt until the response headers were in."""
-    connection_reused: bool
-    """Whether the attempt ran on a connection that some earlier request opened."""
 
 
 class ConnectionMetrics:
@@ -79,26 +48,29 @@ class ConnectionMetrics:
         meter = _otel.get_meter(meter_provider)
         return None if meter is None else cls(meter)
 
-    def opened(self, url: httpx.URL, duration: float) -> None:
-        attributes = _attributes(url)
+    def opened(self, origin: Origin, duration: float) -> None:
+        attributes = _attributes(origin)
         self._setup.record(seconds(duration), attributes)
         self._opened.add(1, attributes)
 
-    def failed(self, url: httpx.URL, duration: float, exc: object) -> None:
-        attributes = _attributes(url)
+    def failed(self, origin: Origin, duration: float, exc: object) -> None:
+        attributes = _attributes(origin)
         attributes[_semconv.ERROR_TYPE] = type(exc).__name__
         self._setup.record(seconds(duration), attributes)
 
 
-def _attributes(url: httpx.URL) -> dict[str, str | int]:
-    attributes: dict[str, str | int] = {
-        _semconv.SERVER_ADDRESS: url.host,
-        "url.scheme": url.scheme,
-    }
-    port = _semconv.server_port(url)
+def _attributes(origin: Origin) -> dict[str, str | int]:
+    scheme, host, port = origin
+    attributes: dict[str, str | int] = {_semconv.SERVER_ADDRESS: host, "url.scheme": scheme}
+    if port is None:
+        port = _semconv.DEFAULT_PORTS.get(scheme)
     if port is not None:
         attributes[_semconv.SERVER_PORT] = port
     return attributes
+
+
+def _origin(url: httpcore.URL) -> Origin:
+    return (url.scheme.decode("ascii"), url.host.decode("ascii"), url.port)
 
 
 # The trace events that mark a phase, by name. httpcore names an event
@@ -148,10 +120,11 @@ def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
     return any(name.lower() in _BODY_HEADERS for name, _ in headers)
 
 
-class TimingsRecorder:
-    """httpcore's ``trace`` callback for one attempt; ``finish()`` gives its ``Timings``.
+class _Recorder:
+    """The phases of one attempt, from httpcore's trace events; ``finish()`` gives its ``Timings``.
 
-    It forwards every event to the caller's own ``trace`` callback, if any.
+    Its subclasses are the ``trace`` callbacks of async and sync clients, which
+    forward every event to the caller's own ``trace`` callback, if any.
     Only the request that opens a connection sees the connection events; a
     request without them ran on a connection that was already there.
 
@@ -179,8 +152,8 @@ class TimingsRecorder:
     def __init__(
         self,
         clock: Clock,
-        request: httpx.Request,
-        chained: TraceCallback | None,
+        request: httpcore.Request,
+        chained: Any,
         metrics: ConnectionMetrics | None,
     ) -> None:
         self._clock = clock
@@ -192,11 +165,12 @@ class TimingsRecorder:
         self._send: float | None = None
         self._wait: float | None = None
         self._headers: float | None = None
-        self.extensions: dict[str, Any] | None = None
+        self.extensions: MutableMapping[str, Any] | None = None
         self._bodiless = False
         self._start = clock()
 
-    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+    def record(self, name: str, info: dict[str, Any]) -> None:
+        """Take one trace event's time, if it marks a phase."""
         event = _EVENTS.get(name)
         if event is not None:
             now = self._clock()
@@ -226,10 +200,9 @@ class TimingsRecorder:
             else:  # _SETUP_FAILED
                 if self._metrics is not None:
                     duration = now - self._connect_start
-                    self._metrics.failed(self._request.url, duration, info.get("exception"))
+                    failure = info.get("exception")
+                    self._metrics.failed(_origin(self._request.url), duration, failure)
                 self._connect_start = None
-        if self.chained is not None:
-            await self.chained(name, info)
 
     def _sent(self, now: float) -> None:
         self._wait = now
@@ -239,7 +212,7 @@ class TimingsRecorder:
     def _opened(self, seconds: float) -> None:
         # The connection is about to carry its first bytes of HTTP: setup is over.
         if self._metrics is not None:
-            self._metrics.opened(self._request.url, seconds)
+            self._metrics.opened(_origin(self._request.url), seconds)
         self._connect_start = None
 
     def finish(self, end: float) -> Timings:
@@ -254,7 +227,7 @@ class TimingsRecorder:
         dns: float | None
         connect: float | None
         tls: float | None
-        if isinstance(stream, TimedStream):
+        if isinstance(stream, (TimedStream, SyncTimedStream)):
             dns = None if stream.dns is None else seconds(stream.dns)
             connect = seconds(stream.connect)
             tls = None if stream.tls is None else seconds(stream.tls)
@@ -275,3 +248,31 @@ class TimingsRecorder:
             seconds(end - self._start),
             reused,
         )
+
+
+# unasync: begin
+class AsyncTimingsRecorder(_Recorder):
+    """httpcore's ``trace`` callback for one attempt of an async client."""
+
+    __slots__ = ()
+
+    async def __call__(self, name: str, info: dict[str, Any]) -> None:
+        self.record(name, info)
+        if self.chained is not None:
+            await self.chained(name, info)
+
+
+# unasync: end
+# unasync: generated from the block above by scripts/generate.py; do not edit
+class TimingsRecorder(_Recorder):
+    """httpcore's ``trace`` callback for one attempt of an async client."""
+
+    __slots__ = ()
+
+    def __call__(self, name: str, info: dict[str, Any]) -> None:
+        self.record(name, info)
+        if self.chained is not None:
+            self.chained(name, info)
+
+
+# unasync: generated end

@@ -13,6 +13,7 @@ from . import _otel
 from ._clock import seconds
 from ._keys import ATTEMPTS, REQUEST_ID, REQUEST_ID_HEADER
 from ._layer import Layer, Transport
+from ._records import Timings
 from ._redact import SENSITIVE_QUERY_PARAMETERS, redact_url
 from ._semconv import (
     ERROR_TYPE,
@@ -33,7 +34,6 @@ from ._semconv import (
     protocol_version,
     server_port,
 )
-from ._timings import Timings
 
 if _otel.OTEL_AVAILABLE:
     from . import _otel_context as _oc

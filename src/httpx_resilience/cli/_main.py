@@ -17,8 +17,10 @@ from typing import IO, TYPE_CHECKING, Any, cast
 
 import anyio
 
-from ._dns import Resolver
-from ._fault_plan import (
+from .._dns import Resolver
+from .._retry import Sleep
+from .._version import VERSION
+from ..testing._plan import (
     Delay,
     FaultPlan,
     GoAway,
@@ -33,8 +35,6 @@ from ._fault_plan import (
     Stall,
     Weighted,
 )
-from ._retry import Sleep
-from ._version import VERSION
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
@@ -539,7 +539,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[int], FaultPlan]]] = {
 def _fault_server(
     args: argparse.Namespace, *, resolver: Resolver | None, sleep: Sleep | None
 ) -> int:
-    from .testing import FaultServer, run_fault_server
+    from ..testing import FaultServer, run_fault_server
 
     if not args.no_tls and not _installed("trustme"):
         _error(

@@ -40,7 +40,7 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 from hyperframe.frame import GoAwayFrame
 
-from ._fault_plan import (
+from ._plan import (
     Chooser,
     Delay,
     FaultPlan,

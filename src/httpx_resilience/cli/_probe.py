@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 from tenacity import stop_after_attempt
 
-from ._dns import Resolver
-from ._retry import RetryEvent, RetryHistory, Sleep
-from ._retry_policy import RetryPolicy
-from ._stack import resilient_transport
-from ._timings import Timings
+from .._dns import Resolver
+from .._records import Timings
+from .._retry import RetryEvent, RetryHistory, Sleep
+from .._retry_policy import RetryPolicy
+from .._stack import resilient_transport
 
 #: Exit codes of ``get``.
 EXIT_OK = 0

@@ -27,14 +27,14 @@ import httpcore
 import httpx
 from tenacity import stop_after_attempt, wait_exponential_jitter
 
-from ._budget import RetryBudget
-from ._dns import default_resolver
-from ._goaway import unprocessed_reason
-from ._retry import RETRIES_METRIC, RetryHistory, Sleep
-from ._retry_policy import RetryPolicy
-from ._stack import resilient_transport
-from ._timings import Timings
-from .testing import (
+from .._budget import RetryBudget
+from .._dns import default_resolver
+from .._goaway import unprocessed_reason
+from .._records import Timings
+from .._retry import RETRIES_METRIC, RetryHistory, Sleep
+from .._retry_policy import RetryPolicy
+from .._stack import resilient_transport
+from ..testing import (
     Delay,
     FaultPlan,
     FaultServer,

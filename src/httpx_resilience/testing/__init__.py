@@ -10,7 +10,7 @@ TLS needs ``trustme`` (the ``demo`` extra); it is imported only when a TLS
 server starts. See ``docs/fault-server.md``.
 """
 
-from ._fault_plan import (
+from ._plan import (
     Delay,
     FaultPlan,
     GoAway,
@@ -24,7 +24,7 @@ from ._fault_plan import (
     Stall,
     Weighted,
 )
-from ._fault_server import FaultServer, GoAwaySent, Received, run_fault_server
+from ._server import FaultServer, GoAwaySent, Received, run_fault_server
 
 __all__ = [
     "Delay",
