@@ -697,7 +697,9 @@ async def test_body_errors_are_raised_as_httpx_errors(
 
 async def test_body_close_errors_are_raised_as_httpx_errors() -> None:
     transport = HTTPTransport()
-    transport._pool._async_pool = ScriptedPool(FailingBody(RuntimeError(), httpcore.ReadError("close")))
+    transport._pool._async_pool = ScriptedPool(
+        FailingBody(RuntimeError(), httpcore.ReadError("close"))
+    )
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.send(
             client.build_request("GET", "http://example.test/"), stream=True
@@ -708,7 +710,9 @@ async def test_body_close_errors_are_raised_as_httpx_errors() -> None:
 
 async def test_unknown_body_errors_pass_through() -> None:
     transport = HTTPTransport()
-    transport._pool._async_pool = ScriptedPool(FailingBody(RuntimeError("bug"), RuntimeError("close bug")))
+    transport._pool._async_pool = ScriptedPool(
+        FailingBody(RuntimeError("bug"), RuntimeError("close bug"))
+    )
     async with httpx.AsyncClient(transport=transport) as client:
         response = await client.send(
             client.build_request("GET", "http://example.test/"), stream=True
