@@ -7,7 +7,31 @@ from typing import cast
 import pytest
 
 from . import servers as harness
+from .flavour import FLAVOUR
 from .servers import ScriptedApp, ServerThread
+
+# Tests of what no flavour changes (the command line, which uses httpx; the
+# fault server, the test servers) run once, with httpx.
+collect_ignore_glob = (
+    ["test_cli*.py", "test_fault_*.py", "test_servers.py", "test_raw_server.py"]
+    if FLAVOUR != "httpx"
+    else []
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "httpx_only: the test uses a tool that knows httpx only (not httpx2)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if FLAVOUR == "httpx":
+        return
+    skip = pytest.mark.skip(reason=f"the tool it uses knows httpx only, not {FLAVOUR}")
+    for item in items:
+        if item.get_closest_marker("httpx_only"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module", params=["asyncio", "trio"])

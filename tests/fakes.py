@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import httpx
+from .flavour import httpx
 
 
 class FakeSleep:

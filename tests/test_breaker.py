@@ -9,13 +9,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from tenacity import stop_after_attempt, wait_fixed
 
-from httpx_resilience import (
+from httpx_resilience.testing import FaultPlan, FaultServer, InOrder, Respond
+
+from .fakes import FakeSleep, Script, TrackedStream
+from .flavour import (
     CircuitBreakerPolicy,
     CircuitBreakerTransport,
     CircuitOpenError,
@@ -23,14 +25,12 @@ from httpx_resilience import (
     CircuitState,
     RetryPolicy,
     RetryTransport,
+    httpx,
 )
-from httpx_resilience._breaker import REJECTIONS_METRIC, TRANSITIONS_METRIC
-from httpx_resilience._circuit import Circuit
-from httpx_resilience._keys import CIRCUIT as CIRCUIT_EXTENSION
-from httpx_resilience._origin import format_origin
-from httpx_resilience.testing import FaultPlan, FaultServer, InOrder, Respond
-
-from .fakes import FakeSleep, Script, TrackedStream
+from .flavour._breaker import REJECTIONS_METRIC, TRANSITIONS_METRIC
+from .flavour._circuit import Circuit
+from .flavour._keys import CIRCUIT as CIRCUIT_EXTENSION
+from .flavour._origin import format_origin
 
 pytestmark = pytest.mark.anyio
 

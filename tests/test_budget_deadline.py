@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
-from httpx_resilience import DeadlineExceeded, RetryBudget, RetryPolicy, RetryTransport
-from httpx_resilience._budget import MAX_BUDGET_BOOKS, BudgetBook
-
 from .fakes import FakeSleep, Script
+from .flavour import DeadlineExceeded, RetryBudget, RetryPolicy, RetryTransport, httpx
+from .flavour._budget import MAX_BUDGET_BOOKS, BudgetBook
 from .servers import ServerThread
 
 pytestmark = pytest.mark.anyio

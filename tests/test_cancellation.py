@@ -16,13 +16,10 @@ import typing
 
 import anyio
 import h2.settings
-import httpcore
-import httpx
 import pytest
 
-from httpx_resilience import HTTPTransport
-from httpx_resilience._goaway import CANCEL_GRACE, GoawayGuardStream, GoawayState
-
+from .flavour import HTTPTransport, httpcore, httpx
+from .flavour._goaway import CANCEL_GRACE, GoawayGuardStream, GoawayState
 from .raw_server import H2_PREFACE, RawConnection, RawServer, frame
 from .raw_server import PING as PING_FRAME
 from .servers import LOOPBACK, ServerThread

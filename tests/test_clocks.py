@@ -11,17 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import httpx
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from httpx_resilience import HTTPTransport, Timings, TracingTransport
-from httpx_resilience._clock import SteadyClock, seconds
-from httpx_resilience._hedging import LatencyWindow
-from httpx_resilience._network import DNSCache
-
+from .flavour import HTTPTransport, Timings, TracingTransport, httpx
+from .flavour._clock import SteadyClock, seconds
+from .flavour._hedging import LatencyWindow
+from .flavour._network import DNSCache
 from .servers import ServerThread
 from .test_network import FakeClock, FakeResolver
 

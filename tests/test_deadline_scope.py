@@ -11,13 +11,11 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
-import httpx
 import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
-from httpx_resilience import DeadlineExceeded, RetryPolicy, RetryTransport
-
 from .fakes import FakeSleep
+from .flavour import DeadlineExceeded, RetryPolicy, RetryTransport, httpx
 from .raw_server import PING, Handler, RawConnection, RawServer, frame
 from .servers import ServerThread
 

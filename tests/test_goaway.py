@@ -7,7 +7,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from httpx_resilience._goaway import GoawayState, H2Watch
+from .flavour._goaway import GoawayState, H2Watch
 
 REFUSED = h2.errors.ErrorCodes.REFUSED_STREAM
 

@@ -9,12 +9,12 @@ streams in flight across each GOAWAY.
 from __future__ import annotations
 
 import anyio
-import httpx
 import pytest
 from tenacity import wait_fixed
 
-from httpx_resilience import RetryPolicy, RetryTransport, resilient_transport
 from httpx_resilience.testing import FaultPlan, FaultServer, InOrder, Refuse, Respond
+
+from .flavour import RetryPolicy, RetryTransport, httpx, resilient_transport
 
 pytestmark = pytest.mark.anyio
 

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 from anyio.lowlevel import checkpoint
 from opentelemetry.sdk.metrics import MeterProvider
@@ -18,10 +17,13 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from httpx_resilience import HTTPTransport, RetryPolicy, RetryTransport, is_replayable
-from httpx_resilience._breaker import CircuitBreakerTransport
-from httpx_resilience._budget import BUDGET_EXTENSION, BudgetBook, RetryBudget
-from httpx_resilience._hedging import (
+from httpx_resilience.testing import Delay, FaultPlan, FaultServer, Respond, Stall, Weighted
+
+from .fakes import FakeSleep, TrackedStream
+from .flavour import HTTPTransport, RetryPolicy, RetryTransport, httpx, is_replayable
+from .flavour._breaker import CircuitBreakerTransport
+from .flavour._budget import BUDGET_EXTENSION, BudgetBook, RetryBudget
+from .flavour._hedging import (
     HEDGES_METRIC,
     HedgeHistory,
     HedgingPolicy,
@@ -31,10 +33,7 @@ from httpx_resilience._hedging import (
     hedge_delay,
     may_hedge,
 )
-from httpx_resilience._tracing import TracingTransport
-from httpx_resilience.testing import Delay, FaultPlan, FaultServer, Respond, Stall, Weighted
-
-from .fakes import FakeSleep, TrackedStream
+from .flavour._tracing import TracingTransport
 
 pytestmark = pytest.mark.anyio
 

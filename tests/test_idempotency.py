@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import pytest
 
-from httpx_resilience import IdempotencyKeyTransport, new_idempotency_key
-
 from .fakes import Script
+from .flavour import IdempotencyKeyTransport, httpx, new_idempotency_key
 
 pytestmark = pytest.mark.anyio
 

@@ -14,13 +14,12 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-import httpcore
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from httpx_resilience import DNSCache, TimedNetworkBackend, default_resolver
-from httpx_resilience._network import TimedStream
+from .flavour import DNSCache, TimedNetworkBackend, default_resolver, httpcore
+from .flavour._network import TimedStream
 
 pytestmark = pytest.mark.anyio
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import httpx
 import pytest
 from anyio.lowlevel import checkpoint
 
-from httpx_resilience._hedging import HedgingPolicy, HedgingTransport
-from httpx_resilience._lru import SCAN, make_room
-
+from .flavour import httpx
+from .flavour._hedging import HedgingPolicy, HedgingTransport
+from .flavour._lru import SCAN, make_room
 from .test_hedging import Origin, Timer, get, race
 
 pytestmark = pytest.mark.anyio

@@ -13,10 +13,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 
-from httpx_resilience import (
+from .flavour import (
     CircuitBreakerPolicy,
     CircuitBreakerTransport,
     DNSCache,
@@ -28,6 +27,7 @@ from httpx_resilience import (
     RetryPolicy,
     RetryTransport,
     TimedNetworkBackend,
+    httpx,
     resilient_transport,
 )
 

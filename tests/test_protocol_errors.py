@@ -19,14 +19,11 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h11
-import httpcore
-import httpx
 import pytest
 
-from httpx_resilience import HTTPTransport, RetryPolicy, RetryTransport
-from httpx_resilience._goaway import server_broke_protocol
-
 from .fakes import FakeSleep
+from .flavour import HTTPTransport, RetryPolicy, RetryTransport, httpcore, httpx
+from .flavour._goaway import server_broke_protocol
 from .raw_server import DATA, RawConnection, RawServer, frame, rst_stream
 
 pytestmark = pytest.mark.anyio

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
-from httpx_resilience import SENSITIVE_QUERY_PARAMETERS
-from httpx_resilience._redact import redact_url
+from .flavour import SENSITIVE_QUERY_PARAMETERS, httpx
+from .flavour._redact import redact_url
 
 
 @pytest.mark.parametrize(

@@ -6,21 +6,20 @@ import logging
 import re
 
 import anyio
-import httpx
 import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
-from httpx_resilience import (
+from .fakes import FakeSleep, Script
+from .flavour import (
     RequestIdTransport,
     RetryPolicy,
     RetryTransport,
     current_request_id,
+    httpx,
     new_request_id,
     request_id,
 )
-from httpx_resilience._request_id import check_request_id
-
-from .fakes import FakeSleep, Script
+from .flavour._request_id import check_request_id
 from .servers import Reply, ScriptedApp, ServerThread
 
 pytestmark = pytest.mark.anyio

@@ -10,19 +10,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import httpx
 import pytest
 from tenacity import RetryCallState, stop_after_attempt, wait_fixed
 
-from httpx_resilience import (
+from .fakes import FakeSleep, TrackedStream
+from .flavour import (
     HedgingPolicy,
     HedgingTransport,
     RetryPolicy,
     RetryTransport,
+    httpx,
     resilient_transport,
 )
-
-from .fakes import FakeSleep, TrackedStream
 from .servers import Reply, ScriptedApp, ServerThread
 
 pytestmark = pytest.mark.anyio

@@ -7,13 +7,11 @@ import time
 from collections.abc import AsyncIterator
 
 import anyio
-import httpx
 import pytest
 from tenacity import stop_after_attempt, wait_exponential, wait_fixed
 
-from httpx_resilience import IdempotencyKeyTransport, RetryPolicy, RetryTransport
-
 from .fakes import FakeSleep
+from .flavour import IdempotencyKeyTransport, RetryPolicy, RetryTransport, httpx
 from .servers import Reply, ScriptedApp, ServerThread
 
 pytestmark = pytest.mark.anyio

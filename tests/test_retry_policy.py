@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator
 import h2.errors
 import h2.events
 import h2.exceptions
-import httpcore
-import httpx
 import pytest
 from tenacity import (
     RetryCallState,
@@ -19,15 +17,17 @@ from tenacity import (
     wait_fixed,
 )
 
-from httpx_resilience import (
+from .flavour import (
     RetryPolicy,
+    httpcore,
+    httpx,
     is_idempotent,
     is_replayable,
     is_retryable,
     parse_retry_after,
     retry_reason,
 )
-from httpx_resilience._goaway import unprocessed_reason
+from .flavour._goaway import unprocessed_reason
 
 URL = "https://api.example.com/things"
 POLICY = RetryPolicy()

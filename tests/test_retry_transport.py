@@ -11,21 +11,20 @@ from collections.abc import AsyncIterator
 import h2.errors
 import h2.events
 import h2.exceptions
-import httpcore
-import httpx
 import pytest
 from tenacity import stop_after_attempt, stop_before_delay, wait_exponential, wait_fixed
 
-from httpx_resilience import (
+from .fakes import FakeSleep, Script, TrackedStream
+from .flavour import (
     IdempotencyKeyTransport,
     RetryEvent,
     RetryHistory,
     RetryPolicy,
     RetryTransport,
+    httpcore,
+    httpx,
 )
-from httpx_resilience._retry import DRAIN_LIMIT
-
-from .fakes import FakeSleep, Script, TrackedStream
+from .flavour._retry import DRAIN_LIMIT
 
 pytestmark = pytest.mark.anyio
 

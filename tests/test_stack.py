@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -11,7 +10,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from tenacity import wait_fixed
 
-from httpx_resilience import (
+from .fakes import FakeSleep, Script
+from .flavour import (
     CircuitBreakerPolicy,
     CircuitBreakerTransport,
     HedgingTransport,
@@ -21,10 +21,9 @@ from httpx_resilience import (
     RetryPolicy,
     RetryTransport,
     Timings,
+    httpx,
     resilient_transport,
 )
-
-from .fakes import FakeSleep, Script
 from .servers import Reply, ScriptedApp, ServerThread
 
 pytestmark = pytest.mark.anyio

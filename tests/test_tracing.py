@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio
 import h2.events
-import httpx
 import pytest
 from anyio.abc import SocketAttribute
 from anyio.lowlevel import checkpoint
@@ -37,18 +36,20 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
 from tenacity import stop_after_attempt, wait_fixed
 
-from httpx_resilience import (
+from .fakes import FakeSleep, Script
+from .flavour import (
+    FLAVOUR,
+    PACKAGE,
     HTTPTransport,
     RequestIdTransport,
     RetryPolicy,
     RetryTransport,
     TracingTransport,
+    httpx,
     request_id,
 )
-from httpx_resilience._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
-from httpx_resilience._otel import DURATION_BUCKETS
-
-from .fakes import FakeSleep, Script
+from .flavour._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
+from .flavour._otel import DURATION_BUCKETS
 from .raw_server import RawConnection, RawServer
 from .servers import Reply, ScriptedApp, ServerThread
 
@@ -525,7 +526,7 @@ async def test_body_that_fails_to_close_ends_its_span_with_the_error(
 
 
 def test_a_header_changed_by_the_caller_is_not_taken_back() -> None:
-    from httpx_resilience._tracing import _Attempts
+    from .flavour._tracing import _Attempts
 
     attempts = _Attempts()
     headers = httpx.Headers()
@@ -684,14 +685,15 @@ async def test_a_meter_without_a_tracer_still_times_the_whole_body(
 
 GLOBAL_PROVIDERS_SET_LATER = textwrap.dedent(
     """
-    import anyio, httpx
+    import anyio
+    import FLAVOUR as httpx
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from httpx_resilience import TracingTransport
+    from PACKAGE import TracingTransport
 
     sent = []
 
@@ -737,7 +739,11 @@ GLOBAL_PROVIDERS_SET_LATER = textwrap.dedent(
 
 
 def run_script(script: str) -> None:
-    """Run ``script`` in a fresh interpreter (warnings are errors); it prints "ok"."""
+    """Run ``script`` in a fresh interpreter (warnings are errors); it prints "ok".
+
+    ``FLAVOUR`` and ``PACKAGE`` in it name the flavour under test and its package.
+    """
+    script = script.replace("PACKAGE", PACKAGE).replace("FLAVOUR", FLAVOUR)
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", script],
         capture_output=True,
@@ -758,6 +764,7 @@ def test_global_providers_set_after_the_transport_was_built_are_used() -> None:
 # --- the OpenTelemetry httpx instrumentation ----------------------------------
 
 
+@pytest.mark.httpx_only
 async def test_contrib_instrumentation_is_suppressed_for_traced_attempts(
     telemetry: Telemetry, servers: ServerThread, app: ScriptedApp, unique_path: str
 ) -> None:
@@ -842,9 +849,10 @@ NO_OTEL = textwrap.dedent(
                  "opentelemetry.context", "opentelemetry.propagate"):
         sys.modules[name] = None
 
-    import anyio, httpx
-    import httpx_resilience
-    from httpx_resilience import RequestIdTransport, RetryPolicy, RetryTransport, TracingTransport
+    import anyio
+    import FLAVOUR as httpx
+    import PACKAGE as httpx_resilience
+    from PACKAGE import RequestIdTransport, RetryPolicy, RetryTransport, TracingTransport
 
     calls = []
 

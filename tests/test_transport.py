@@ -17,15 +17,12 @@ from dataclasses import FrozenInstanceError, asdict
 from typing import Any
 
 import anyio
-import httpcore
-import httpx
 import pytest
 from anyio.abc import SocketAttribute, SocketStream
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from httpx_resilience import HTTPTransport, Timings
-
+from .flavour import HTTPTransport, Timings, httpcore, httpx
 from .raw_server import RawConnection, RawServer
 from .servers import ScriptedApp, ServerThread
 from .test_network import FakeBackend, FakeClock, FakeResolver, metric_points
