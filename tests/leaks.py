@@ -6,9 +6,11 @@ closes, and asserts nothing is left.
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
+import warnings
 from typing import Any
 
 import anyio
@@ -70,6 +72,28 @@ async def fds_settled(start: int, *, within: float = 3.0) -> int:
         await anyio.sleep(0.01)
         count = open_fds()
     return count
+
+
+def collect_unclosed() -> list[str]:
+    """Run the garbage collector; what it found open: sockets and transports never closed.
+
+    Such a socket held its file descriptor (and the server's connection)
+    until now. Other warnings the collection raises go on to the usual
+    filters.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    unclosed = []
+    for warning in caught:
+        message = str(warning.message)
+        if issubclass(warning.category, ResourceWarning) and message.startswith("unclosed"):
+            unclosed.append(message)
+        else:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return unclosed
 
 
 class SpanCounter(SpanProcessor):
@@ -135,3 +159,14 @@ class Recording:
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
         self.meter_provider.shutdown()
+
+
+def describe(summary: str, problems: dict[str, list[str]], limit: int = 10) -> str:
+    """A failure message: the run's summary, then each problem with its first few cases."""
+    lines = [summary]
+    for name, found in problems.items():
+        lines.append(f"{name}:")
+        lines += [f"  {item}" for item in found[:limit]]
+        if len(found) > limit:
+            lines.append(f"  ... and {len(found) - limit} more")
+    return "\n".join(lines)
