@@ -54,24 +54,36 @@ def connections_in_use(transport: httpx.AsyncBaseTransport) -> list[str]:
     ]
 
 
-def open_fds() -> int:
-    """How many file descriptors this process holds (Linux)."""
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> set[str]:
+    """What this process's file descriptors point at: ``"socket:[inode]"``, paths (Linux).
+
+    Compared as a set, not counted: a server thread of an earlier test may
+    close its own sockets while a test runs, and a number freed may be
+    taken again by something else.
+    """
+    return {target for fd in os.listdir("/proc/self/fd") if (target := _target(fd))}
 
 
-async def fds_settled(start: int, *, within: float = 3.0) -> int:
-    """The open descriptor count, once it is back to ``start`` or ``within`` seconds passed.
+def _target(fd: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None  # closed between the listing and the look (the listing's own, say)
+
+
+async def fds_left_open(before: set[str], *, within: float = 3.0) -> list[str]:
+    """File descriptors opened since ``before`` and still open, once none are or ``within`` passed.
 
     Sockets are closed by tasks that finish a little after the block that
     cancelled them, and a TLS close may take a round trip: poll, bounded,
     rather than sleep a fixed time.
     """
     deadline = time.monotonic() + within
-    count = open_fds()
-    while count > start and time.monotonic() < deadline:
+    left = open_fds() - before
+    while left and time.monotonic() < deadline:
         await anyio.sleep(0.01)
-        count = open_fds()
-    return count
+        left = open_fds() - before
+    return sorted(left)
 
 
 def collect_unclosed() -> list[str]:
