@@ -304,7 +304,9 @@ async def _cancel_one(client: httpx.AsyncClient, case: Case, report: Report) -> 
     label = f"case {case.number} ({case.kind}, {case.protocol}, {case.method} {case.url}, {how})"
     cancelled_at: float | None = None
     outcome = "completed"
-    scope = anyio.CancelScope()
+    # "connected" cases are cancelled by the trace callback below.
+    by_deadline = case.by_deadline and case.kind != "connected"
+    scope = anyio.move_on_after(case.delay) if by_deadline else anyio.CancelScope()
 
     async def trace(event: str, info: object) -> None:
         nonlocal cancelled_at
@@ -313,11 +315,7 @@ async def _cancel_one(client: httpx.AsyncClient, case: Case, report: Report) -> 
             scope.cancel()
 
     async with anyio.create_task_group() as tg:
-        if case.kind == "connected":
-            pass  # cancelled by the trace callback
-        elif case.by_deadline:
-            scope.deadline = anyio.current_time() + case.delay
-        else:
+        if case.kind != "connected" and not case.by_deadline:
 
             async def cancel() -> None:
                 nonlocal cancelled_at
