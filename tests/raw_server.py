@@ -146,14 +146,22 @@ class RawServer:
 
     With ``tls=True`` the certificate comes from the test CA (``ssl_context``
     trusts it) and ALPN offers ``alpn``, so ``("h2",)`` makes a client speak
-    HTTP/2. ``connections`` counts the connections accepted.
+    HTTP/2; ``tls_delay`` seconds pass between accepting a connection and
+    answering its TLS handshake, which holds a client in its handshake.
+    ``connections`` counts the connections accepted.
     """
 
     def __init__(
-        self, handler: Handler, *, tls: bool = False, alpn: Sequence[str] = ("h2", "http/1.1")
+        self,
+        handler: Handler,
+        *,
+        tls: bool = False,
+        alpn: Sequence[str] = ("h2", "http/1.1"),
+        tls_delay: float = 0.0,
     ) -> None:
         self._handler = handler
         self._tls = tls
+        self._tls_delay = tls_delay
         self._alpn = list(alpn)
         self.connections = 0
         self.port = 0
@@ -196,6 +204,8 @@ class RawServer:
         alpn = None
         try:
             if self._tls:
+                if self._tls_delay:
+                    await anyio.sleep(self._tls_delay)
                 tls = await TLSStream.wrap(
                     sock, server_side=True, ssl_context=self._server_context
                 )

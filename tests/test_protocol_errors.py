@@ -23,7 +23,7 @@ import pytest
 
 from .fakes import FakeSleep
 from .flavour import HTTPTransport, RetryPolicy, RetryTransport, httpcore, httpx
-from .flavour._goaway import server_broke_protocol
+from .flavour._classify import server_broke_protocol
 from .raw_server import DATA, RawConnection, RawServer, frame, rst_stream
 
 pytestmark = pytest.mark.anyio

@@ -27,7 +27,7 @@ from .flavour import (
     parse_retry_after,
     retry_reason,
 )
-from .flavour._goaway import unprocessed_reason
+from .flavour._classify import unprocessed_reason
 
 URL = "https://api.example.com/things"
 POLICY = RetryPolicy()

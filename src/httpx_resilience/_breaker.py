@@ -14,8 +14,8 @@ import httpx
 
 from . import _checks, _otel
 from ._circuit import Circuit, CircuitSnapshot, CircuitState
+from ._classify import unprocessed_reason
 from ._errors import CircuitOpenError
-from ._goaway import unprocessed_reason
 from ._keys import CIRCUIT
 from ._layer import Layer, Transport
 from ._lru import make_room

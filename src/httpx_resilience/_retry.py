@@ -16,8 +16,8 @@ from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
 from ._budget import BUDGET_EXTENSION, MAX_BUDGET_BOOKS, BudgetBook, RetryBudget
+from ._classify import resend_at_once, unprocessed_reason
 from ._clock import SteadyClock
-from ._goaway import unprocessed_reason
 from ._keys import CIRCUIT as CIRCUIT_EXTENSION
 from ._keys import REQUEST_ID
 from ._layer import Layer
@@ -86,6 +86,10 @@ class RetryHistory:
 
 
 _FIRST_TRY = RetryHistory(attempts=1)
+
+#: The per-origin allowance of re-sends at once beyond each request's first:
+#: 20 at most, refilled only by re-sends at once that got an answer.
+AT_ONCE_ALLOWANCE = RetryBudget(ratio=1.0, max_tokens=20, min_per_second=0.0)
 
 
 class RetryTransport(Layer):
@@ -250,10 +254,8 @@ class RetryTransport(Layer):
                 raise
             if reason is None:
                 break
-            if (
-                unprocessed_left
-                and isinstance(outcome, Exception)
-                and unprocessed_reason(outcome) is not None
+            if unprocessed_left and self._resend_at_once(
+                request, outcome, unprocessed_left == policy.unprocessed_resends
             ):
                 # Nothing of it was processed: send it again now, on another
                 # stream or connection, without spending a policy attempt.
@@ -262,6 +264,7 @@ class RetryTransport(Layer):
                 self._report(request, state.attempt_number, reason, 0.0)
                 outcome = await self._send(request, limit, policy)
                 sends += 1
+                self._resent_at_once(request, outcome)
                 continue
             # The clocks, the user's strategies and the report may raise too.
             try:
@@ -296,6 +299,36 @@ class RetryTransport(Layer):
             outcome = await self._send(request, limit, policy)
             sends += 1
         return self._deliver(outcome, RetryHistory(sends, tuple(events)), limit)
+
+    #: Per origin, the re-sends at once of unprocessed requests (made on first use).
+    _at_once: BudgetBook | None = None
+
+    def _resend_at_once(
+        self, request: httpx.Request, outcome: httpx.Response | Exception, first: bool
+    ) -> bool:
+        """Whether to re-send an unprocessed request at once, without a policy attempt.
+
+        Bounded per origin too, so that a server refusing everything sees
+        about twice the requests, not ``unprocessed_resends`` times: each
+        request pays for its first such re-send, later ones draw on a small
+        shared allowance (``AT_ONCE_ALLOWANCE``), which a re-send at once
+        that gets an answer pays back. What is not re-sent at once goes the
+        ordinary way: the policy's wait, the retry budget.
+        """
+        if not isinstance(outcome, Exception) or not resend_at_once(outcome):
+            return False
+        book = self._at_once
+        if book is None:
+            book = self._at_once = BudgetBook(AT_ONCE_ALLOWANCE, clock=self._clock)
+        origin = origin_of(request.url)
+        if first:
+            book.deposit(origin)
+        return book.withdraw(origin)
+
+    def _resent_at_once(self, request: httpx.Request, outcome: httpx.Response | Exception) -> None:
+        """An answer to a re-send at once: the server is processing, the allowance refills."""
+        if isinstance(outcome, httpx.Response) and self._at_once is not None:
+            self._at_once.deposit(origin_of(request.url))
 
     @staticmethod
     def _deliver(

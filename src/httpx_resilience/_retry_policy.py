@@ -17,8 +17,8 @@ from tenacity.wait import WaitBaseT
 
 from . import _checks
 from ._budget import RetryBudget
+from ._classify import server_broke_protocol, unprocessed_reason
 from ._errors import CircuitOpenError
-from ._goaway import server_broke_protocol, unprocessed_reason
 from ._options import request_options
 
 #: Safe to repeat by RFC 9110 §9.2.2.

@@ -28,8 +28,8 @@ import httpx
 from tenacity import stop_after_attempt, wait_exponential_jitter
 
 from .._budget import RetryBudget
+from .._classify import unprocessed_reason
 from .._dns import default_resolver
-from .._goaway import unprocessed_reason
 from .._records import Timings
 from .._retry import RETRIES_METRIC, RetryHistory, Sleep
 from .._retry_policy import RetryPolicy
