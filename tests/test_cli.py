@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio.from_thread
+import httpx
 import pytest
 
-from httpx_resilience import __version__, _retry
+from httpx_resilience import RetryEvent, RetryHistory, __version__, _retry
 from httpx_resilience.cli import main
-from httpx_resilience.cli._probe import parse_header
+from httpx_resilience.cli._probe import attempts_made, parse_header
 from httpx_resilience.testing import FaultPlan, FaultServer, Refuse, Respond, Stall
 
 from .fakes import FakeSleep
@@ -279,28 +279,25 @@ def test_insecure_skips_the_certificate_check(capsys: pytest.CaptureFixture[str]
     assert fields(capsys.readouterr().out)["status"] == "200 OK"
 
 
-def test_attempts_come_from_the_retry_log_without_notes(
-    closed_port: int, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_attempts_come_from_the_retry_layers_note_on_every_python(
+    closed_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """What Python 3.10 gives: no ``add_note``, so the retry layer's log counts."""
-    monkeypatch.setattr(_retry, "_add_note", lambda exc, history: None)
-    logger = logging.getLogger("httpx_resilience")
-    seen: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = seen.append  # type: ignore[method-assign]
-    logger.addHandler(handler)
-    try:
-        level = logger.level
-        code = main(["get", f"http://127.0.0.1:{closed_port}/"], sleep=FakeSleep())
-        assert code == 3
-        err = one_line_error(capsys.readouterr().err)
-        assert err.endswith("nothing listens there (3 attempts)")
-        # Counting took no more records to the user's handlers than the level lets out.
-        assert logger.getEffectiveLevel() > logging.INFO
-        assert seen == []
-        assert (logger.level, logger.filters) == (level, [])  # left as it was
-    finally:
-        logger.removeHandler(handler)
+    """Python 3.10 has no ``add_note``: the retry layer sets ``__notes__`` itself (PEP 678)."""
+
+    class NoAddNote(httpx.ConnectError):
+        add_note = None  # what 3.10's exceptions lack
+
+    error = NoAddNote("refused")
+    events = (RetryEvent(1, "ConnectError", 0.5), RetryEvent(2, "ConnectError", 1.0))
+    _retry._add_note(error, RetryHistory(3, events))
+    assert error.__notes__ == [
+        "httpx-resilience: gave up after 3 attempts (retried after: ConnectError, ConnectError)"
+    ]
+    assert attempts_made(error) == 3
+    code = main(["get", f"http://127.0.0.1:{closed_port}/"], sleep=FakeSleep())
+    assert code == 3
+    err = one_line_error(capsys.readouterr().err)
+    assert err.endswith("nothing listens there (3 attempts)")
 
 
 def test_ctrl_c_as_asyncio_delivers_it_on_python_3_10(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,20 +5,22 @@
 >>> client = httpx.AsyncClient(transport=RetryTransport(httpx.AsyncHTTPTransport(http2=True)))
 """
 
+import logging
+
 from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from ._budget import RetryBudget
 from ._circuit import CircuitSnapshot, CircuitState
 from ._dns import DNSCache, Resolver, default_resolver
-from ._errors import CircuitOpenError
+from ._errors import CircuitOpenError, DeadlineExceeded
 from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
 from ._network import TimedNetworkBackend
-from ._records import HedgeHistory, Timings
+from ._records import HedgeHistory, RetryEvent, RetryHistory, Timings
 from ._redact import SENSITIVE_QUERY_PARAMETERS
 from ._request_id import RequestIdTransport
 from ._request_ids import current_request_id, new_request_id, request_id
-from ._retry import DeadlineExceeded, RetryEvent, RetryHistory, RetryTransport
+from ._retry import RetryTransport
 from ._retry_policy import (
     DEFAULT_RETRY_EXCEPTIONS,
     DEFAULT_RETRY_STATUSES,
@@ -34,6 +36,10 @@ from ._stack import PRODUCTION_LIMITS, resilient_transport
 from ._tracing import TracingTransport
 from ._transport import HTTPTransport
 from ._version import VERSION as __version__  # noqa: F401 - public, not in __all__
+
+# A library logs; the application decides where it goes (and nothing reaches
+# stderr through logging's last resort in an application without logging set up).
+logging.getLogger("httpx_resilience").addHandler(logging.NullHandler())
 
 __all__ = [
     "DEFAULT_RETRY_EXCEPTIONS",

@@ -17,7 +17,7 @@ from ._circuit import Circuit, CircuitSnapshot, CircuitState
 from ._classify import unprocessed_reason
 from ._errors import CircuitOpenError
 from ._keys import CIRCUIT
-from ._layer import Layer, Transport
+from ._layer import Layer, Transport, wrong_policy
 from ._lru import make_room
 from ._origin import Origin, format_origin, origin_of
 from ._semconv import DEFAULT_PORTS, SERVER_ADDRESS, SERVER_PORT
@@ -136,7 +136,7 @@ class CircuitBreakerTransport(Layer):
     ) -> None:
         super().__init__(transport)
         if policy is not None and not isinstance(policy, CircuitBreakerPolicy):
-            raise TypeError(f"policy must be a CircuitBreakerPolicy or None, got {policy!r}")
+            raise TypeError(wrong_policy(CircuitBreakerPolicy, policy))
         max_origins = _checks.count("max_origins", max_origins, minimum=1)
         self._policy = policy or DEFAULT_BREAKER_POLICY
         self._clock = clock

@@ -37,3 +37,13 @@ class CircuitOpenError(httpx.TransportError):
         super().__init__(message, request=request)
         self.origin = origin
         self.retry_in = retry_in
+
+
+class DeadlineExceeded(httpx.TimeoutException):
+    """The request's deadline ran out: all attempts and waits took too long.
+
+    A subclass of ``httpx.TimeoutException``, so ``except httpx.TimeoutException``
+    (and ``except httpx.TransportError``) still catches it. Raised when an
+    attempt is still waiting for its response at the deadline, however busy
+    the server keeps the connection; never for the caller's own cancellation.
+    """

@@ -18,7 +18,7 @@ from . import _checks, _otel
 from ._budget import BudgetBook
 from ._clock import SteadyClock
 from ._keys import BUDGET
-from ._layer import Layer, Transport
+from ._layer import Layer, Transport, wrong_policy
 from ._lru import make_room
 from ._options import request_options
 from ._origin import Origin, origin_of
@@ -301,7 +301,7 @@ class HedgingTransport(Layer):
     ) -> None:
         super().__init__(transport)
         if policy is not None and not isinstance(policy, HedgingPolicy):
-            raise TypeError(f"policy must be a HedgingPolicy or None, got {policy!r}")
+            raise TypeError(wrong_policy(HedgingPolicy, policy))
         max_origins = _checks.count("max_origins", max_origins, minimum=1)
         self._policy = policy or DEFAULT_HEDGING_POLICY
         self._sleep = sleep

@@ -101,6 +101,19 @@ def wrong_transport(layer: str, transport: object) -> str:
     )
 
 
+def wrong_policy(expected: type, policy: object) -> str:
+    """Why ``policy`` is refused: a policy of the other httpx flavour names both modules."""
+    kind = expected.__name__
+    theirs = type(policy).__module__.rpartition(".")[0]
+    ours = expected.__module__.rpartition(".")[0]
+    if type(policy).__name__ == kind and theirs.startswith("httpx_resilience") and theirs != ours:
+        return (
+            f"policy is a {kind} from {theirs}, which serves the other httpx flavour: "
+            f"take the {kind} from {ours}, where this layer comes from"
+        )
+    return f"policy must be a {kind} or None, got {policy!r}"
+
+
 class _Missing(httpx.AsyncBaseTransport, httpx.BaseTransport):
     """Stands in for the call style the inner transport lacks, and says so when used."""
 

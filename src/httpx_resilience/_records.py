@@ -52,3 +52,35 @@ class HedgeHistory:
 
     attempts: int
     winner: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """One decision to re-send: after which attempt, why, and the wait.
+
+    ``unprocessed`` marks a re-send at once of a request the server provably
+    never processed (HTTP/2 ``REFUSED_STREAM``, a connection closed by
+    GOAWAY before the request went out): it is not counted as an attempt of
+    the policy and waits for nothing.
+    """
+
+    attempt: int
+    reason: str
+    wait: float
+    unprocessed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RetryHistory:
+    """What the retry layer did for a response: ``response.extensions["retry"]``.
+
+    ``attempts`` counts every time the request was sent, unprocessed
+    re-sends included.
+
+    >>> history = response.extensions["retry"]  # doctest: +SKIP
+    >>> history.attempts, [(e.reason, e.wait) for e in history.events]  # doctest: +SKIP
+    (3, [('503', 0.61), ('503', 1.2)])
+    """
+
+    attempts: int
+    events: tuple[RetryEvent, ...] = ()

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import httpx
 from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
-from ._budget import BUDGET_EXTENSION, MAX_BUDGET_BOOKS, BudgetBook, RetryBudget
+from ._budget import MAX_BUDGET_BOOKS, BudgetBook, RetryBudget
 from ._classify import resend_at_once, unprocessed_reason
 from ._clock import SteadyClock
-from ._keys import CIRCUIT as CIRCUIT_EXTENSION
-from ._keys import REQUEST_ID
-from ._layer import Layer
+from ._errors import DeadlineExceeded
+from ._keys import BUDGET, CIRCUIT, OPTIONS, REQUEST_ID
+from ._layer import Layer, Transport, wrong_policy
 from ._lru import make_room
-from ._options import EXTENSION, request_options
+from ._options import request_options
 from ._origin import Origin, origin_of
+from ._records import RetryEvent, RetryHistory
 from ._retry_policy import (
     DEFAULT_POLICY,
     RetryPolicy,
@@ -45,7 +46,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("httpx_resilience")
 
+#: What the retry layer waits with: ``anyio.sleep`` for async clients,
+#: ``time.sleep`` for sync ones, or a fake in tests.
 Sleep = Callable[[float], Awaitable[Any]]
+SyncSleep = Callable[[float], Any]
 
 #: Counter of re-sends, labelled with the reason (``error.type``), method and server.
 RETRIES_METRIC = "http.client.request.retries"
@@ -53,39 +57,8 @@ RETRIES_METRIC = "http.client.request.retries"
 RETRY_EVENT = "httpx_resilience.retry"
 
 
-@dataclass(frozen=True, slots=True)
-class RetryEvent:
-    """One decision to re-send: after which attempt, why, and the wait.
-
-    ``unprocessed`` marks a re-send at once of a request the server provably
-    never processed (HTTP/2 ``REFUSED_STREAM``, a connection closed by
-    GOAWAY before the request went out): it is not counted as an attempt of
-    the policy and waits for nothing.
-    """
-
-    attempt: int
-    reason: str
-    wait: float
-    unprocessed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RetryHistory:
-    """What the retry layer did for a response: ``response.extensions["retry"]``.
-
-    ``attempts`` counts every time the request was sent, unprocessed
-    re-sends included.
-
-    >>> history = response.extensions["retry"]  # doctest: +SKIP
-    >>> history.attempts, [(e.reason, e.wait) for e in history.events]  # doctest: +SKIP
-    (3, [('503', 0.61), ('503', 1.2)])
-    """
-
-    attempts: int
-    events: tuple[RetryEvent, ...] = ()
-
-
 _FIRST_TRY = RetryHistory(attempts=1)
+_STOPPED = "the policy's stop strategy ended the retries"
 
 #: The per-origin allowance of re-sends at once beyond each request's first:
 #: 20 at most, refilled only by re-sends at once that got an answer.
@@ -113,19 +86,21 @@ class RetryTransport(Layer):
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: Transport,
         policy: RetryPolicy | None = None,
         *,
         sleep: Sleep = anyio.sleep,
+        sync_sleep: SyncSleep = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
     ) -> None:
         super().__init__(transport)
         if policy is not None and not isinstance(policy, RetryPolicy):
-            raise TypeError(f"policy must be a RetryPolicy or None, got {policy!r}")
+            raise TypeError(wrong_policy(RetryPolicy, policy))
         self._policy = policy or DEFAULT_POLICY
         self._sleep = sleep
+        self._sync_sleep = sync_sleep
         self._clock = SteadyClock(clock)  # a step back or NaN: no time passed
         self._wall_clock = wall_clock
         # Tenacity strategies receive a RetryCallState, which names its
@@ -134,10 +109,13 @@ class RetryTransport(Layer):
         # Token buckets per budget configuration (equal budgets share one),
         # then per origin; at most MAX_BUDGET_BOOKS, the least recently used going.
         self._books: OrderedDict[RetryBudget, BudgetBook] = OrderedDict()
+        self._books_lock = threading.Lock()
         self._own_book: BudgetBook | None = None
         if self._policy.budget is not None:
             self._own_book = BudgetBook(self._policy.budget, clock=clock)
             self._books[self._policy.budget] = self._own_book
+        #: Per origin, the re-sends at once of unprocessed requests.
+        self._at_once = BudgetBook(AT_ONCE_ALLOWANCE, clock=clock)
         self._retries = _otel.counter(
             meter_provider,
             RETRIES_METRIC,
@@ -149,17 +127,11 @@ class RetryTransport(Layer):
     def policy(self) -> RetryPolicy:
         return self._policy
 
+    # unasync: begin
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        policy: RetryPolicy | None
-        if EXTENSION not in request.extensions:  # no per-request options: the usual case
-            policy = self._policy
-            deadline = policy.deadline
-        else:
-            options = request_options(request)
-            policy = self._policy_for(options)
-            deadline = options.get("deadline", None if policy is None else policy.deadline)
+        policy, deadline = self._settings(request)
         if deadline is not None:
-            return await self._within_deadline(request, policy, deadline)
+            return await self._async_within_deadline(request, policy, deadline)
         # Decided before the first attempt: a transport may swap in a
         # replayable copy of a body it has consumed (MockTransport does).
         if policy is None or not is_replayable(request):
@@ -183,54 +155,29 @@ class RetryTransport(Layer):
                 return outcome
         # Outside the except clause, so that a later attempt's exception
         # does not carry this one as its __context__.
-        return await self._retry(request, policy, outcome, start, budget, None)
+        return await self._async_retry(request, policy, outcome, start, budget, None)
 
-    async def _within_deadline(
+    async def _async_within_deadline(
         self, request: httpx.Request, policy: RetryPolicy | None, deadline: float
     ) -> httpx.Response:
         """The same, with every attempt and wait inside one time budget."""
         start = self._clock()
         limit = _Deadline(deadline, start + deadline, request.extensions.get("timeout"))
         if policy is None or not is_replayable(request):
-            return self._deliver(await self._send(request, limit, policy), _FIRST_TRY, limit)
+            outcome = await self._async_send(request, limit, policy)
+            return self._deliver(request, outcome, _FIRST_TRY, limit)
         budget = self._lend_budget(request, policy)
-        outcome = await self._send(request, limit, policy)
+        outcome = await self._async_send(request, limit, policy)
         try:
             reason = retry_reason(request, outcome, policy)
         except BaseException:
-            await _abandon(outcome)
+            await _async_abandon(outcome)
             raise
         if reason is not None:
-            return await self._retry(request, policy, outcome, start, budget, limit)
-        return self._deliver(outcome, _FIRST_TRY, limit)
+            return await self._async_retry(request, policy, outcome, start, budget, limit)
+        return self._deliver(request, outcome, _FIRST_TRY, limit)
 
-    def _lend_budget(self, request: httpx.Request, policy: RetryPolicy) -> _Budget | None:
-        """Count the request in its origin's retry budget, and lend the budget inward."""
-        if policy.budget is None:
-            return None
-        # The layer's own policy keeps its book at hand: hashing the frozen
-        # budget on every request costs more than the deposit itself.
-        book = self._own_book if policy is self._policy else self._books.get(policy.budget)
-        if book is None:
-            make_room(self._books, MAX_BUDGET_BOOKS, lambda other: other is not self._own_book)
-            book = self._books[policy.budget] = BudgetBook(policy.budget, clock=self._clock)
-        elif book is not self._own_book:
-            self._books.move_to_end(policy.budget)
-        origin = origin_of(request.url)
-        book.deposit(origin)
-        # Hedging, inside this layer, draws on the same tokens.
-        request.extensions[BUDGET_EXTENSION] = book
-        return book, origin
-
-    def _policy_for(self, options: Mapping[str, Any]) -> RetryPolicy | None:
-        option = options.get("retry", True)  # checked by request_options()
-        if option is True:
-            return self._policy
-        if option is False:
-            return None
-        return cast(RetryPolicy, option)
-
-    async def _retry(
+    async def _async_retry(
         self,
         request: httpx.Request,
         policy: RetryPolicy,
@@ -249,59 +196,246 @@ class RetryTransport(Layer):
             # its connection never goes back to the pool.
             try:
                 reason = retry_reason(request, outcome, policy)
-            except BaseException:
-                await _abandon(outcome)
-                raise
-            if reason is None:
-                break
-            if unprocessed_left and self._resend_at_once(
-                request, outcome, unprocessed_left == policy.unprocessed_resends
-            ):
-                # Nothing of it was processed: send it again now, on another
-                # stream or connection, without spending a policy attempt.
-                unprocessed_left -= 1
-                events.append(RetryEvent(state.attempt_number, reason, 0.0, unprocessed=True))
-                self._report(request, state.attempt_number, reason, 0.0)
-                outcome = await self._send(request, limit, policy)
-                sends += 1
-                self._resent_at_once(request, outcome)
-                continue
-            # The clocks, the user's strategies and the report may raise too.
-            try:
-                now = self._clock()
-                _record(state, outcome, now)
-                retry_after = None
-                if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
-                    header = outcome.headers.get("Retry-After")
-                    if header is not None:
-                        retry_after = parse_retry_after(header, self._wall_clock())
-                wait = policy.next_wait(state, retry_after)
-                if wait is None or (limit is not None and now + wait >= limit.at):
+                if reason is None:
                     break
-                breaker = request.extensions.get(CIRCUIT_EXTENSION)
-                if breaker is not None and breaker.retry_in(request.url) > wait:
-                    break  # the failure opened the origin's circuit: waiting would only meet it
-                if budget is not None and not budget[0].withdraw(
-                    budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
+                if unprocessed_left and self._resend_at_once(
+                    request, outcome, unprocessed_left == policy.unprocessed_resends
                 ):
-                    _log_budget_spent(request, reason)
-                    break
-                events.append(RetryEvent(state.attempt_number, reason, wait))
-                self._report(request, state.attempt_number, reason, wait)
+                    # Nothing of it was processed: send it again now, on another
+                    # stream or connection, without spending a policy attempt.
+                    unprocessed_left -= 1
+                    events.append(RetryEvent(state.attempt_number, reason, 0.0, unprocessed=True))
+                    self._report(request, state.attempt_number, reason, 0.0)
+                    wait = None
+                else:
+                    step = self._next_wait(request, policy, state, outcome, budget, limit)
+                    if isinstance(step, str):
+                        if (
+                            events or step is not _STOPPED
+                        ):  # a policy of one attempt gives nothing up
+                            _log_gave_up(request, sends, reason, why=step)
+                        break
+                    wait = step
+                    events.append(RetryEvent(state.attempt_number, reason, wait))
+                    self._report(request, state.attempt_number, reason, wait)
             except BaseException:
-                await _abandon(outcome)
+                await _async_abandon(outcome)
                 raise
             if isinstance(outcome, httpx.Response):
-                await _discard(outcome)
-            await self._sleep(wait)
-            state.idle_for += wait
-            state.prepare_for_next_attempt()
-            outcome = await self._send(request, limit, policy)
+                await _async_discard(outcome)
+            if wait is not None:
+                await self._sleep(wait)
+                state.idle_for += wait
+                state.prepare_for_next_attempt()
+            outcome = await self._async_send(request, limit, policy)
             sends += 1
-        return self._deliver(outcome, RetryHistory(sends, tuple(events)), limit)
+            if wait is None:
+                self._resent_at_once(request, outcome)
+        return self._deliver(request, outcome, RetryHistory(sends, tuple(events)), limit)
 
-    #: Per origin, the re-sends at once of unprocessed requests (made on first use).
-    _at_once: BudgetBook | None = None
+    async def _async_send(
+        self, request: httpx.Request, limit: _Deadline | None, policy: RetryPolicy | None
+    ) -> httpx.Response | Exception:
+        """One attempt: its response or the exception it raised; cancellation propagates."""
+        if limit is None:
+            try:
+                return await self._async_next.handle_async_request(request)
+            except Exception as exc:
+                return exc
+        left = limit.start_attempt(request, policy, self._clock())
+        if left is None:
+            return limit.exceeded()
+        return await _async_attempt_within(self._async_next, request, left, limit, self._clock)
+
+    # unasync: end
+    # unasync: generated from the block above by scripts/generate.py; do not edit
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        policy, deadline = self._settings(request)
+        if deadline is not None:
+            return self._within_deadline(request, policy, deadline)
+        # Decided before the first attempt: a transport may swap in a
+        # replayable copy of a body it has consumed (MockTransport does).
+        if policy is None or not is_replayable(request):
+            response = self._next.handle_request(request)
+            response.extensions["retry"] = _FIRST_TRY
+            return response
+        budget = self._lend_budget(request, policy)
+        start = self._clock()
+        # The first attempt stays out of Tenacity's machinery: most requests
+        # never need a second one.
+        outcome: httpx.Response | Exception
+        try:
+            outcome = self._next.handle_request(request)
+        except Exception as exc:
+            if retry_reason(request, exc, policy) is None:
+                raise
+            outcome = exc
+        else:
+            if outcome.status_code not in policy.statuses:
+                outcome.extensions["retry"] = _FIRST_TRY
+                return outcome
+        # Outside the except clause, so that a later attempt's exception
+        # does not carry this one as its __context__.
+        return self._retry(request, policy, outcome, start, budget, None)
+
+    def _within_deadline(
+        self, request: httpx.Request, policy: RetryPolicy | None, deadline: float
+    ) -> httpx.Response:
+        """The same, with every attempt and wait inside one time budget."""
+        start = self._clock()
+        limit = _Deadline(deadline, start + deadline, request.extensions.get("timeout"))
+        if policy is None or not is_replayable(request):
+            outcome = self._send(request, limit, policy)
+            return self._deliver(request, outcome, _FIRST_TRY, limit)
+        budget = self._lend_budget(request, policy)
+        outcome = self._send(request, limit, policy)
+        try:
+            reason = retry_reason(request, outcome, policy)
+        except BaseException:
+            _abandon(outcome)
+            raise
+        if reason is not None:
+            return self._retry(request, policy, outcome, start, budget, limit)
+        return self._deliver(request, outcome, _FIRST_TRY, limit)
+
+    def _retry(
+        self,
+        request: httpx.Request,
+        policy: RetryPolicy,
+        outcome: httpx.Response | Exception,
+        start: float,
+        budget: _Budget | None,
+        limit: _Deadline | None,
+    ) -> httpx.Response:
+        state = RetryCallState(self._retrying, None, (), {})
+        state.start_time = start
+        events: list[RetryEvent] = []
+        sends = 1
+        unprocessed_left = policy.unprocessed_resends
+        while True:
+            # Whatever raises while a response is held closes it first, or
+            # its connection never goes back to the pool.
+            try:
+                reason = retry_reason(request, outcome, policy)
+                if reason is None:
+                    break
+                if unprocessed_left and self._resend_at_once(
+                    request, outcome, unprocessed_left == policy.unprocessed_resends
+                ):
+                    # Nothing of it was processed: send it again now, on another
+                    # stream or connection, without spending a policy attempt.
+                    unprocessed_left -= 1
+                    events.append(RetryEvent(state.attempt_number, reason, 0.0, unprocessed=True))
+                    self._report(request, state.attempt_number, reason, 0.0)
+                    wait = None
+                else:
+                    step = self._next_wait(request, policy, state, outcome, budget, limit)
+                    if isinstance(step, str):
+                        if (
+                            events or step is not _STOPPED
+                        ):  # a policy of one attempt gives nothing up
+                            _log_gave_up(request, sends, reason, why=step)
+                        break
+                    wait = step
+                    events.append(RetryEvent(state.attempt_number, reason, wait))
+                    self._report(request, state.attempt_number, reason, wait)
+            except BaseException:
+                _abandon(outcome)
+                raise
+            if isinstance(outcome, httpx.Response):
+                _discard(outcome)
+            if wait is not None:
+                self._sync_sleep(wait)
+                state.idle_for += wait
+                state.prepare_for_next_attempt()
+            outcome = self._send(request, limit, policy)
+            sends += 1
+            if wait is None:
+                self._resent_at_once(request, outcome)
+        return self._deliver(request, outcome, RetryHistory(sends, tuple(events)), limit)
+
+    def _send(
+        self, request: httpx.Request, limit: _Deadline | None, policy: RetryPolicy | None
+    ) -> httpx.Response | Exception:
+        """One attempt: its response or the exception it raised; cancellation propagates."""
+        if limit is None:
+            try:
+                return self._next.handle_request(request)
+            except Exception as exc:
+                return exc
+        left = limit.start_attempt(request, policy, self._clock())
+        if left is None:
+            return limit.exceeded()
+        return _attempt_within(self._next, request, left, limit, self._clock)
+
+    # unasync: generated end
+
+    def _settings(self, request: httpx.Request) -> tuple[RetryPolicy | None, float | None]:
+        """The request's policy (``None``: no retries) and deadline."""
+        if OPTIONS not in request.extensions:  # no per-request options: the usual case
+            return self._policy, self._policy.deadline
+        options = request_options(request)
+        option = options.get("retry", True)  # checked by request_options()
+        policy = self._policy if option is True else None if option is False else option
+        return policy, options.get("deadline", None if policy is None else policy.deadline)
+
+    def _lend_budget(self, request: httpx.Request, policy: RetryPolicy) -> _Budget | None:
+        """Count the request in its origin's retry budget, and lend the budget inward."""
+        if policy.budget is None:
+            return None
+        # The layer's own policy keeps its book at hand: hashing the frozen
+        # budget on every request costs more than the deposit itself.
+        book = self._own_book if policy is self._policy else self._book_for(policy.budget)
+        assert book is not None  # the own book exists when the own policy has a budget
+        origin = origin_of(request.url)
+        book.deposit(origin)
+        # Hedging, inside this layer, draws on the same tokens.
+        request.extensions[BUDGET] = book
+        return book, origin
+
+    def _book_for(self, budget: RetryBudget) -> BudgetBook:
+        with self._books_lock:
+            book = self._books.get(budget)
+            if book is None:
+                make_room(self._books, MAX_BUDGET_BOOKS, lambda other: other is not self._own_book)
+                book = self._books[budget] = BudgetBook(budget, clock=self._clock)
+            elif book is not self._own_book:
+                self._books.move_to_end(budget)
+            return book
+
+    def _next_wait(
+        self,
+        request: httpx.Request,
+        policy: RetryPolicy,
+        state: RetryCallState,
+        outcome: httpx.Response | Exception,
+        budget: _Budget | None,
+        limit: _Deadline | None,
+    ) -> float | str:
+        """Seconds to wait before the next attempt, or why there is none."""
+        now = self._clock()
+        _record(state, outcome, now)
+        retry_after = None
+        if isinstance(outcome, httpx.Response) and policy.respect_retry_after:
+            header = outcome.headers.get("Retry-After")
+            if header is not None:
+                retry_after = parse_retry_after(header, self._wall_clock())
+        if retry_after is not None and retry_after > policy.max_retry_after:
+            return f"the server asked for {retry_after:g} s, more than max_retry_after"
+        wait = policy.next_wait(state, retry_after)
+        if wait is None:
+            return _STOPPED
+        if limit is not None and now + wait >= limit.at:
+            return "the deadline would pass during the wait"
+        breaker = request.extensions.get(CIRCUIT)
+        if breaker is not None and breaker.retry_in(request.url) > wait:
+            # The failure opened the origin's circuit: waiting would only meet it.
+            return "the origin's circuit breaker opened"
+        if budget is not None and not budget[0].withdraw(
+            budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
+        ):
+            return f"the retry budget of {request.url.host} is spent"
+        return wait
 
     def _resend_at_once(
         self, request: httpx.Request, outcome: httpx.Response | Exception, first: bool
@@ -317,22 +451,22 @@ class RetryTransport(Layer):
         """
         if not isinstance(outcome, Exception) or not resend_at_once(outcome):
             return False
-        book = self._at_once
-        if book is None:
-            book = self._at_once = BudgetBook(AT_ONCE_ALLOWANCE, clock=self._clock)
         origin = origin_of(request.url)
         if first:
-            book.deposit(origin)
-        return book.withdraw(origin)
+            self._at_once.deposit(origin)
+        return self._at_once.withdraw(origin)
 
     def _resent_at_once(self, request: httpx.Request, outcome: httpx.Response | Exception) -> None:
         """An answer to a re-send at once: the server is processing, the allowance refills."""
-        if isinstance(outcome, httpx.Response) and self._at_once is not None:
+        if isinstance(outcome, httpx.Response):
             self._at_once.deposit(origin_of(request.url))
 
     @staticmethod
     def _deliver(
-        outcome: httpx.Response | Exception, history: RetryHistory, limit: _Deadline | None
+        request: httpx.Request,
+        outcome: httpx.Response | Exception,
+        history: RetryHistory,
+        limit: _Deadline | None,
     ) -> httpx.Response:
         """The response to return, or the exception to raise, after the last attempt."""
         if isinstance(outcome, httpx.Response):
@@ -352,42 +486,6 @@ class RetryTransport(Layer):
         if history.events:
             _add_note(outcome, history)
         raise outcome
-
-    async def _send(
-        self, request: httpx.Request, limit: _Deadline | None, policy: RetryPolicy | None
-    ) -> httpx.Response | Exception:
-        """One attempt: its response or the exception it raised; cancellation propagates."""
-        if limit is None:
-            try:
-                return await self._async_next.handle_async_request(request)
-            except Exception as exc:
-                return exc
-        left = limit.at - self._clock()
-        if not left > 0:
-            return limit.exceeded()
-        # Each attempt gets what is left of the deadline, at most.
-        request.extensions["timeout"] = limit.cut(left)
-        header = None if policy is None else policy.deadline_header
-        if header is not None:
-            request.headers[header] = f"{left:.3f}"
-        limit.attempts += 1
-        # Per-read timeouts alone never end a server that keeps every read
-        # busy (a status line a byte at a time, 1xx after 1xx, PINGs): the
-        # scope bounds the attempt as a whole. It ends once the response is
-        # returned; reading its body is the caller's business.
-        with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
-            try:
-                return await self._async_next.handle_async_request(request)
-            except Exception as exc:
-                limit.ended_at = self._clock()
-                if scope.cancel_called:
-                    # A layer below turned our cancellation into an error.
-                    return limit.exceeded(exc)
-                return exc
-        # Only our own deadline ends up here: the scope lets the caller's
-        # cancellation go on up as it is.
-        limit.ended_at = self._clock()
-        return limit.exceeded()
 
     def _report(self, request: httpx.Request, attempt: int, reason: str, wait: float) -> None:
         """Tell the log, the retry counter and the caller's span about one retry."""
@@ -417,16 +515,6 @@ class RetryTransport(Layer):
             )
 
 
-class DeadlineExceeded(httpx.TimeoutException):
-    """The request's deadline ran out: all attempts and waits took too long.
-
-    A subclass of ``httpx.TimeoutException``, so ``except httpx.TimeoutException``
-    (and ``except httpx.TransportError``) still catches it. Raised when an
-    attempt is still waiting for its response at the deadline, however busy
-    the server keeps the connection; never for the caller's own cancellation.
-    """
-
-
 _Budget = tuple[BudgetBook, Origin]
 
 _TIMEOUTS = ("connect", "read", "write", "pool")
@@ -444,6 +532,21 @@ class _Deadline:
         self.ended_at: float | None = None
         #: Attempts sent so far (one cut short by the deadline included).
         self.attempts = 0
+
+    def start_attempt(
+        self, request: httpx.Request, policy: RetryPolicy | None, now: float
+    ) -> float | None:
+        """Ready the request for one more attempt: the seconds it has, ``None`` for none."""
+        left = self.at - now
+        if not left > 0:
+            return None
+        # Each attempt gets what is left of the deadline, at most.
+        request.extensions["timeout"] = self.cut(left)
+        header = None if policy is None else policy.deadline_header
+        if header is not None:
+            request.headers[header] = f"{left:.3f}"
+        self.attempts += 1
+        return left
 
     def cut(self, left: float) -> dict[str, float]:
         """The caller's httpx timeouts, none longer than what is left."""
@@ -465,19 +568,6 @@ class _Deadline:
         return error
 
 
-def _log_budget_spent(request: httpx.Request, reason: str) -> None:
-    if logger.isEnabledFor(logging.INFO):
-        url = request.url.copy_with(username=None, password=None, query=None, fragment=None)
-        logger.info(
-            "not retrying %s %s after %s: the retry budget of %s is spent",
-            request.method,
-            url,
-            reason,
-            url.host,
-            extra={"http_method": request.method, "url": str(url), "reason": reason},
-        )
-
-
 _UNPROCESSED = {
     "GOAWAY": "the server closed the HTTP/2 connection (GOAWAY) before processing the request, "
     "every time it was sent; it did not process it",
@@ -492,7 +582,8 @@ _UNPROCESSED = {
 DRAIN_LIMIT = 64 * 1024
 
 
-async def _discard(response: httpx.Response) -> None:
+# unasync: begin
+async def _async_discard(response: httpx.Response) -> None:
     """Close a response that will not reach the caller, freeing its connection.
 
     A small body is read first: an HTTP/1.1 connection closed mid-body cannot
@@ -508,10 +599,37 @@ async def _discard(response: httpx.Response) -> None:
     except httpx.HTTPError:
         pass  # a reset, a body that does not decode: the retry will do without it
     finally:
-        await _abandon(response)
+        await _async_abandon(response)
 
 
-async def _abandon(outcome: httpx.Response | Exception) -> None:
+# unasync: end
+# unasync: generated from the block above by scripts/generate.py; do not edit
+def _discard(response: httpx.Response) -> None:
+    """Close a response that will not reach the caller, freeing its connection.
+
+    A small body is read first: an HTTP/1.1 connection closed mid-body cannot
+    be reused, and an HTTP/2 one never gets the unread bytes back in its
+    flow-control window (encode/httpcore#943), so enough discarded error
+    pages stall it.
+    """
+    length = response.headers.get("Content-Length", "")
+    try:
+        # ASCII digits only: int() refuses some that isdigit() accepts ("²").
+        if length.isascii() and length.isdigit() and int(length) <= DRAIN_LIMIT:
+            response.read()
+    except httpx.HTTPError:
+        pass  # a reset, a body that does not decode: the retry will do without it
+    finally:
+        _abandon(response)
+
+
+# unasync: generated end
+
+# Where the async and sync layers differ: a cancelled caller must still give
+# a connection back, and only async code can bound a whole attempt.
+
+
+async def _async_abandon(outcome: httpx.Response | Exception) -> None:
     """Close a response on the way out of an error or a cancellation, whatever happens.
 
     Shielded: a cancelled caller must still give the connection back.
@@ -521,6 +639,54 @@ async def _abandon(outcome: httpx.Response | Exception) -> None:
     # The error on its way out is the one to report, not one from closing.
     with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
         await outcome.aclose()
+
+
+def _abandon(outcome: httpx.Response | Exception) -> None:
+    if isinstance(outcome, httpx.Response):
+        with contextlib.suppress(Exception):
+            outcome.close()
+
+
+async def _async_attempt_within(
+    transport: httpx.AsyncBaseTransport,
+    request: httpx.Request,
+    left: float,
+    limit: _Deadline,
+    clock: Callable[[], float],
+) -> httpx.Response | Exception:
+    """One attempt, cut when the deadline passes."""
+    # Per-read timeouts alone never end a server that keeps every read busy
+    # (a status line a byte at a time, 1xx after 1xx, PINGs): the scope bounds
+    # the attempt as a whole. It ends once the response is returned; reading
+    # its body is the caller's business.
+    with anyio.CancelScope(deadline=anyio.current_time() + left) as scope:
+        try:
+            return await transport.handle_async_request(request)
+        except Exception as exc:
+            limit.ended_at = clock()
+            if scope.cancel_called:
+                # A layer below turned our cancellation into an error.
+                return limit.exceeded(exc)
+            return exc
+    # Only our own deadline ends up here: the scope lets the caller's
+    # cancellation go on up as it is.
+    limit.ended_at = clock()
+    return limit.exceeded()
+
+
+def _attempt_within(
+    transport: httpx.BaseTransport,
+    request: httpx.Request,
+    left: float,
+    limit: _Deadline,
+    clock: Callable[[], float],
+) -> httpx.Response | Exception:
+    """One attempt of a sync client: bounded by its cut timeouts only (nothing can cancel it)."""
+    try:
+        return transport.handle_request(request)
+    except Exception as exc:
+        limit.ended_at = clock()
+        return exc
 
 
 def _record(state: RetryCallState, outcome: httpx.Response | Exception, now: float) -> None:
@@ -557,6 +723,31 @@ def _log_retry(request: httpx.Request, attempt: int, reason: str, wait: float) -
         )
 
 
+def _log_gave_up(request: httpx.Request, attempts: int, reason: str, *, why: str) -> None:
+    """One record when the layer stops retrying a request that still fails."""
+    if logger.isEnabledFor(logging.WARNING):
+        url = request.url.copy_with(username=None, password=None, query=None, fragment=None)
+        request_id = request.extensions.get(REQUEST_ID)
+        logger.warning(
+            "gave up on %s %s after %d attempt%s, the last failing with %s: %s%s",
+            request.method,
+            url,
+            attempts,
+            "" if attempts == 1 else "s",
+            reason,
+            why,
+            "" if request_id is None else f" (request ID {request_id})",
+            extra={
+                "http_method": request.method,
+                "url": str(url),
+                "attempts": attempts,
+                "reason": reason,
+                "why": why,
+                "request_id": request_id,
+            },
+        )
+
+
 def _add_note(exc: BaseException, history: RetryHistory) -> None:
     reasons = ", ".join(event.reason for event in history.events)
     note = (
@@ -565,3 +756,5 @@ def _add_note(exc: BaseException, history: RetryHistory) -> None:
     add_note = getattr(exc, "add_note", None)
     if add_note is not None:  # Python >= 3.11
         add_note(note)
+    else:  # Python 3.10: the attribute PEP 678 defines, without the method
+        exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # type: ignore[attr-defined]

@@ -30,8 +30,8 @@ from tenacity import stop_after_attempt, wait_exponential_jitter
 from .._budget import RetryBudget
 from .._classify import unprocessed_reason
 from .._dns import default_resolver
-from .._records import Timings
-from .._retry import RETRIES_METRIC, RetryHistory, Sleep
+from .._records import RetryHistory, Timings
+from .._retry import RETRIES_METRIC, Sleep
 from .._retry_policy import RetryPolicy
 from .._stack import resilient_transport
 from ..testing import (

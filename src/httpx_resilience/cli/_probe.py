@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +15,8 @@ import httpx
 from tenacity import stop_after_attempt
 
 from .._dns import Resolver
-from .._records import Timings
-from .._retry import RetryEvent, RetryHistory, Sleep
+from .._records import RetryEvent, RetryHistory, Timings
+from .._retry import Sleep
 from .._retry_policy import RetryPolicy
 from .._stack import resilient_transport
 
@@ -165,14 +164,13 @@ async def probe(
     async with httpx.AsyncClient(transport=transport, timeout=options.timeout) as client:
         started = time.perf_counter()
         try:
-            with _counting_retries() as retries:
-                response = await client.get(url, headers=list(options.headers))
+            response = await client.get(url, headers=list(options.headers))
         except httpx.HTTPError as exc:
             raise describe_error(
                 exc,
                 url,
                 options.timeout,
-                attempts=attempts_made(exc, retries.count),
+                attempts=attempts_made(exc),
                 elapsed=time.perf_counter() - started,
             ) from exc
     extensions: Mapping[str, Any] = response.extensions
@@ -214,56 +212,16 @@ def _find(exc: BaseException, kind: type[BaseException]) -> Any:
     return next((e for e in _chain(exc) if isinstance(e, kind)), None)
 
 
-class _RetryRecords(logging.Filter):
-    """Counts the retry layer's log records of re-sends, one each, as they pass.
-
-    A filter on the logger sees each record before any handler does, and
-    passes on only what the logger would have let through at ``level``: the
-    count needs INFO, the user's handlers must not get more than before.
-    """
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.count = 0
-        self._level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        # The fields docs/observability.md gives the record of a retry.
-        if all(hasattr(record, name) for name in ("attempt", "reason", "wait")):
-            self.count += 1
-        return record.levelno >= self._level
-
-
-@contextlib.contextmanager
-def _counting_retries() -> Iterator[_RetryRecords]:
-    """Count the retry layer's records of re-sends for as long as the block runs."""
-    logger = logging.getLogger("httpx_resilience")
-    level = logger.level
-    records = _RetryRecords(logger.getEffectiveLevel())
-    logger.setLevel(min(logging.INFO, logger.getEffectiveLevel()))
-    logger.addFilter(records)
-    try:
-        yield records
-    finally:
-        logger.removeFilter(records)
-        logger.setLevel(level)
-
-
 _GAVE_UP = "httpx-resilience: gave up after "
 
 
-def attempts_made(exc: BaseException, logged_retries: int = 0) -> int:
-    """How many times a failed request was sent, by the retry layer's own account.
-
-    Its note on the exception says so when there is one (``add_note`` is
-    Python 3.11+); otherwise each re-send it logged (``logged_retries``)
-    counts one more attempt.
-    """
+def attempts_made(exc: BaseException) -> int:
+    """How many times a failed request was sent, by the retry layer's note on the exception."""
     for note in getattr(exc, "__notes__", ()):
         if isinstance(note, str) and note.startswith(_GAVE_UP):
             with contextlib.suppress(ValueError):
                 return int(note.removeprefix(_GAVE_UP).split(" ")[0])
-    return 1 + logged_retries
+    return 1
 
 
 def describe_error(
