@@ -22,7 +22,7 @@ from httpx_resilience.testing import Delay, FaultPlan, FaultServer, Respond, Sta
 from .fakes import FakeSleep, TrackedStream
 from .flavour import HTTPTransport, RetryPolicy, RetryTransport, httpx, is_replayable
 from .flavour._breaker import CircuitBreakerTransport
-from .flavour._budget import BUDGET_EXTENSION, BudgetBook, RetryBudget
+from .flavour._budget import BudgetBook, RetryBudget
 from .flavour._hedging import (
     HEDGES_METRIC,
     HedgeHistory,
@@ -33,6 +33,7 @@ from .flavour._hedging import (
     hedge_delay,
     may_hedge,
 )
+from .flavour._keys import BUDGET as BUDGET_EXTENSION
 from .flavour._tracing import TracingTransport
 
 pytestmark = pytest.mark.anyio

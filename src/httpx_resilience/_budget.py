@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import _checks, _keys
+from . import _checks
 from ._clock import SteadyClock
 from ._lru import make_room
 from ._origin import Origin
-
-# TODO(restructure): importers move to _keys.BUDGET.
-BUDGET_EXTENSION = _keys.BUDGET
 
 #: Distinct per-request budgets one RetryTransport keeps a book for (equal
 #: budgets share one); past that, the least recently used book goes.
@@ -82,6 +80,8 @@ class BudgetBook:
         self._clock = SteadyClock(clock)
         self._size = size
         self._buckets: OrderedDict[Origin, _Bucket] = OrderedDict()
+        # One transport may serve many threads.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         """The origins the book holds a bucket for."""
@@ -93,24 +93,27 @@ class BudgetBook:
         Called for every request, so it reads no clock: the time-based
         refill is settled when tokens are taken.
         """
-        bucket = self._buckets.get(origin)
-        if bucket is None:
-            bucket = self._new(origin)
-        tokens = bucket.tokens + self.budget.ratio
-        bucket.tokens = tokens if tokens < self.budget.max_tokens else self.budget.max_tokens
+        with self._lock:
+            bucket = self._buckets.get(origin)
+            if bucket is None:
+                bucket = self._new(origin)
+            tokens = bucket.tokens + self.budget.ratio
+            bucket.tokens = tokens if tokens < self.budget.max_tokens else self.budget.max_tokens
 
     def withdraw(self, origin: Origin, *, timeout: bool = False) -> bool:
         """Take the tokens for one retry or hedge; ``False`` when there are too few."""
-        bucket = self._refilled(origin)
         cost = self.budget.timeout_cost if timeout else 1.0
-        if bucket.tokens < cost:
-            return False
-        bucket.tokens -= cost
-        return True
+        with self._lock:
+            bucket = self._refilled(origin)
+            if bucket.tokens < cost:
+                return False
+            bucket.tokens -= cost
+            return True
 
     def tokens(self, origin: Origin) -> float:
         """Tokens left for ``origin`` (a full bucket for one never seen)."""
-        return self._refilled(origin).tokens
+        with self._lock:
+            return self._refilled(origin).tokens
 
     def _new(self, origin: Origin) -> _Bucket:
         now = self._clock()

@@ -10,8 +10,9 @@ from . import _checks, _otel
 from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport
+from ._layer import Layer, Transport
 from ._request_id import RequestIdTransport
-from ._retry import RetryTransport, Sleep
+from ._retry import RetryTransport, Sleep, SyncSleep
 from ._retry_policy import RetryPolicy
 from ._transport import HTTPTransport
 
@@ -29,7 +30,7 @@ PRODUCTION_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=2
 
 def resilient_transport(
     *,
-    base: httpx.AsyncBaseTransport | None = None,
+    base: Transport | None = None,
     retry: RetryPolicy | bool = True,
     circuit_breaker: CircuitBreakerPolicy | bool = False,
     hedging: HedgingPolicy | bool = False,
@@ -39,13 +40,18 @@ def resilient_transport(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     sleep: Sleep | None = None,
+    sync_sleep: SyncSleep | None = None,
     **transport_options: Any,
-) -> httpx.AsyncBaseTransport:
+) -> Layer | HTTPTransport:
     """The recommended stack, outermost first: request ID, idempotency keys,
     retry, circuit breaker, hedging, tracing, and the HTTP/2 base transport
     with connection timings.
 
     >>> client = httpx.AsyncClient(transport=resilient_transport(), base_url="https://api.example.com")
+    >>> client = httpx.Client(transport=resilient_transport(), base_url="https://api.example.com")
+
+    The transport serves async and sync clients alike (hedging, if on, only
+    async ones).
 
     Keyword arguments not listed here go to ``HTTPTransport`` and mean what
     they mean for ``httpx.AsyncHTTPTransport`` (``verify=``, ``cert=``,
@@ -61,7 +67,9 @@ def resilient_transport(
     - ``request_id_header``: the header of the request ID, ``None`` for none;
     - ``tracing``: spans and metrics through OpenTelemetry; by default on
       when ``opentelemetry-api`` is installed (it costs next to nothing
-      without an SDK).
+      without an SDK);
+    - ``sleep``, ``sync_sleep``: what the retry layer waits with, for async
+      and sync clients (fakes in tests).
     """
     _check_layer("retry", retry, RetryPolicy)
     _check_layer("circuit_breaker", circuit_breaker, CircuitBreakerPolicy)
@@ -76,7 +84,7 @@ def resilient_transport(
             f"{', '.join(sorted(transport_options))}: these options configure the built-in "
             "base transport, which base= replaces; configure your own transport instead"
         )
-    transport: httpx.AsyncBaseTransport
+    transport: Transport
     if base is not None:
         transport = base
     else:
@@ -107,11 +115,15 @@ def resilient_transport(
         retry_options: dict[str, Any] = {"meter_provider": meter_provider}
         if sleep is not None:
             retry_options["sleep"] = sleep
+        if sync_sleep is not None:
+            retry_options["sync_sleep"] = sync_sleep
         transport = RetryTransport(transport, policy, **retry_options)
     if idempotency_keys:
         transport = IdempotencyKeyTransport(transport)
     if request_id_header is not None:
         transport = RequestIdTransport(transport, header=request_id_header)
+    if not isinstance(transport, (Layer, HTTPTransport)):
+        transport = Layer(transport)  # a base of the caller's own, and no layer on it
     return transport
 
 
