@@ -58,12 +58,12 @@ from .servers import _shared_ca as shared_ca
 pytestmark = [
     pytest.mark.anyio,
     # Under trio, a body cut short by the cancellation leaves the async
-    # generators of httpx, httpcore and our base transport's body suspended,
+    # generators of httpx and httpcore (or httpx2's) suspended,
     # one inside the other, as bare httpx does: trio finalizes each when it is
     # garbage collected, with this warning. The test collects them before it
     # ends, while this filter applies.
     pytest.mark.filterwarnings(
-        r"ignore:Async generator '(httpx|httpcore|httpx_resilience\._transport)\.[\w.]+' "
+        r"ignore:Async generator '(httpx2?|httpcore2?)\.[\w.]+' "
         r"was garbage collected before it had been exhausted:ResourceWarning"
     ),
 ]

@@ -16,6 +16,7 @@ from tenacity import stop_after_attempt, stop_before_delay, wait_exponential, wa
 
 from .fakes import FakeSleep, Script, TrackedStream
 from .flavour import (
+    FLAVOUR,
     IdempotencyKeyTransport,
     RetryEvent,
     RetryHistory,
@@ -324,7 +325,7 @@ async def test_layers_forward_the_transport_lifecycle() -> None:
         pass
     await RetryTransport(inner).aclose()
     assert inner.events == ["enter", "exit", "close"]
-    with pytest.raises(TypeError, match=r"wraps an httpx\.AsyncBaseTransport"):
+    with pytest.raises(TypeError, match=rf"wraps an {FLAVOUR}\.AsyncBaseTransport"):
         RetryTransport(object())  # type: ignore[arg-type]
 
 

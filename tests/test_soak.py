@@ -55,13 +55,13 @@ pytestmark = [
     pytest.mark.anyio,
     # Under trio, a body left unread (the streamed GETs close after one chunk,
     # a failed POST leaves its request body) leaves the async generators of
-    # httpx, httpcore and our base transport's body suspended, one inside the
+    # httpx and httpcore (or httpx2 and httpcore2) suspended, one inside the
     # other, as bare httpx does: trio finalizes each when it is garbage
     # collected, with this warning. Nothing leaks (the pool closes the
     # connections); the test collects them before it ends, while this filter
     # applies.
     pytest.mark.filterwarnings(
-        r"ignore:Async generator '(httpx|httpcore|httpx_resilience\._transport)\.[\w.]+' "
+        r"ignore:Async generator '(httpx2?|httpcore2?)\.[\w.]+' "
         r"was garbage collected before it had been exhausted:ResourceWarning"
     ),
 ]

@@ -132,8 +132,13 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
         if pending:
             return pending
         while True:
-            data = await self._stream.read(max_bytes, timeout)
+            try:
+                data = await self._stream.read(max_bytes, timeout)
+            except Exception:
+                self._gone()
+                raise
             if not data:
+                self._gone()
                 return watch.eof()
             out = watch.received(data)
             if out:
@@ -156,6 +161,13 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    def _gone(self) -> None:
+        # The server closed or the socket failed: the connection takes no new
+        # requests, and goes once idle. (httpcore2's pool keeps an idle HTTP/2
+        # connection whose socket is gone, neither available nor expired, for
+        # ever: with max_connections of them, every later request times out.)
+        self._state.draining = True
 
     async def start_tls(
         self,
@@ -431,8 +443,13 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
         if pending:
             return pending
         while True:
-            data = self._stream.read(max_bytes, timeout)
+            try:
+                data = self._stream.read(max_bytes, timeout)
+            except Exception:
+                self._gone()
+                raise
             if not data:
+                self._gone()
                 return watch.eof()
             out = watch.received(data)
             if out:
@@ -455,6 +472,13 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
 
     def close(self) -> None:
         self._stream.close()
+
+    def _gone(self) -> None:
+        # The server closed or the socket failed: the connection takes no new
+        # requests, and goes once idle. (httpcore2's pool keeps an idle HTTP/2
+        # connection whose socket is gone, neither available nor expired, for
+        # ever: with max_connections of them, every later request times out.)
+        self._state.draining = True
 
     def start_tls(
         self,
