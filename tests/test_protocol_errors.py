@@ -22,7 +22,7 @@ import h11
 import pytest
 
 from .fakes import FakeSleep
-from .flavour import HTTPTransport, RetryPolicy, RetryTransport, httpcore, httpx
+from .flavour import FLAVOUR, HTTPTransport, RetryPolicy, RetryTransport, httpcore, httpx
 from .flavour._classify import server_broke_protocol
 from .raw_server import DATA, RawConnection, RawServer, frame, rst_stream
 
@@ -187,13 +187,17 @@ async def test_an_upload_refused_by_a_closed_connection_is_retried() -> None:
             await anyio.sleep(0.05)  # the GET's stream first, on the same connection
             group.start_soon(functools.partial(send, client, "PUT", server.url, b"x" * 5_000_000))
     assert {method: r.status_code for method, r in responses.items()} == {"GET": 200, "PUT": 200}
-    assert any(
-        "ConnectionInputs.SEND_DATA in state ConnectionState.CLOSED" in str(exc)
-        for exc in failures.raised
-    )
-    assert [e.reason for e in responses["PUT"].extensions["retry"].events] == [
-        "LocalProtocolError"
-    ]
+    reasons = [e.reason for e in responses["PUT"].extensions["retry"].events]
+    if FLAVOUR == "httpx":
+        assert any(
+            "ConnectionInputs.SEND_DATA in state ConnectionState.CLOSED" in str(exc)
+            for exc in failures.raised
+        )
+        assert reasons == ["LocalProtocolError"]
+    else:
+        # httpcore2 leaves the PUT waiting for flow control on the dead
+        # connection until its read timeout, which is retried as well.
+        assert reasons in (["LocalProtocolError"], ["ReadTimeout"])
     assert handler.answered == 2
 
 
