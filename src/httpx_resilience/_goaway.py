@@ -259,7 +259,7 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         state = self._goaway
         with state.lock:
-            if self._abandoned or state.draining or state.full():
+            if self._abandoned or state.draining or state.full() or self._async_busy():
                 # Before anything is sent: the pool gives the request to another
                 # connection (a new one, within max_connections) or queues it.
                 raise httpcore.ConnectionNotAvailable()
@@ -336,7 +336,25 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
 
     def is_available(self) -> bool:
         state = self._goaway
-        return not state.draining and not state.full() and super().is_available()
+        return (
+            not state.draining
+            and not state.full()
+            and not self._async_busy()
+            and super().is_available()
+        )
+
+    def _async_busy(self) -> bool:
+        """Whether a request of another thread is in flight here (sync clients only).
+
+        httpcore's sync HTTP/2 connection does not serialize h2's state
+        machine between threads (encode/httpx#3002): two streams in flight
+        from two threads corrupt its HPACK and stream state. So a sync
+        connection carries one request at a time, and the pool opens more
+        for more threads, as it does for HTTP/1.1.
+        """
+        return _async_one_at_a_time and (
+            self._goaway.inside > 0 or (self._requests_seen > 0 and not super().is_idle())
+        )
 
     def has_expired(self) -> bool:
         if self._orphaned():
@@ -570,7 +588,7 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
         state = self._goaway
         with state.lock:
-            if self._abandoned or state.draining or state.full():
+            if self._abandoned or state.draining or state.full() or self._busy():
                 # Before anything is sent: the pool gives the request to another
                 # connection (a new one, within max_connections) or queues it.
                 raise httpcore.ConnectionNotAvailable()
@@ -647,7 +665,22 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
 
     def is_available(self) -> bool:
         state = self._goaway
-        return not state.draining and not state.full() and super().is_available()
+        return (
+            not state.draining and not state.full() and not self._busy() and super().is_available()
+        )
+
+    def _busy(self) -> bool:
+        """Whether a request of another thread is in flight here (sync clients only).
+
+        httpcore's sync HTTP/2 connection does not serialize h2's state
+        machine between threads (encode/httpx#3002): two streams in flight
+        from two threads corrupt its HPACK and stream state. So a sync
+        connection carries one request at a time, and the pool opens more
+        for more threads, as it does for HTTP/1.1.
+        """
+        return _one_at_a_time and (
+            self._goaway.inside > 0 or (self._requests_seen > 0 and not super().is_idle())
+        )
 
     def has_expired(self) -> bool:
         if self._orphaned():
@@ -732,8 +765,12 @@ class SyncGuardedConnectionPool(httpcore.ConnectionPool):
 
 # unasync: generated end
 
-# Where the async and sync guards differ: an async write may be cut by a
-# cancellation, and what is closed after a cancellation is closed shielded.
+# Where the async and sync guards differ: async requests share an HTTP/2
+# connection, sync ones take turns (see GuardedConnection._async_busy); an
+# async write may be cut by a cancellation, and what is closed after a
+# cancellation is closed shielded.
+_async_one_at_a_time = False
+_one_at_a_time = True
 
 
 async def _async_write_frames(
