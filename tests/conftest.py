@@ -11,9 +11,17 @@ from .flavour import FLAVOUR
 from .servers import ScriptedApp, ServerThread
 
 # Tests of what no flavour changes (the command line, which uses httpx; the
-# fault server, the test servers) run once, with httpx.
+# fault server, the test servers) and tests that name both flavours (the
+# SDKs, which need httpx2; httpx and httpx2 side by side) run once.
 collect_ignore_glob = (
-    ["test_cli*.py", "test_fault_*.py", "test_servers.py", "test_raw_server.py"]
+    [
+        "test_cli*.py",
+        "test_fault_*.py",
+        "test_flavours.py",
+        "test_raw_server.py",
+        "test_sdks.py",
+        "test_servers.py",
+    ]
     if FLAVOUR != "httpx"
     else []
 )

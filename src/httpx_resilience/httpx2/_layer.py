@@ -89,14 +89,15 @@ class Layer(httpx2.AsyncBaseTransport, httpx2.BaseTransport):
 
 
 def wrong_transport(layer: str, transport: object) -> str:
-    """Why ``transport`` cannot be wrapped: the other httpx2 flavour names its module."""
-    module = type(transport).__module__.partition(".")[0]
-    if module in ("httpx", "httpx2", "httpcore", "httpcore2"):
-        other = "httpx_resilience.httpx2" if module.endswith("2") else "httpx_resilience"
-        return (
-            f"{layer} wraps an httpx2 transport, got {type(transport).__name__} from {module}: "
-            f"for {module.replace('core', 'x')} clients, import the layers from {other}"
-        )
+    """Why ``transport`` cannot be wrapped: one of the other httpx2 flavour names its module."""
+    for cls in type(transport).__mro__:
+        module = cls.__module__.partition(".")[0]
+        if module in ("httpx", "httpx2"):
+            other = "httpx_resilience.httpx2" if module == "httpx2" else "httpx_resilience"
+            return (
+                f"{layer} wraps an httpx2 transport, got {type(transport).__name__}, a "
+                f"{module} transport: for {module} clients, import the layers from {other}"
+            )
     return (
         f"{layer} wraps an httpx2.AsyncBaseTransport or httpx2.BaseTransport, "
         f"got {type(transport).__name__}"
