@@ -47,6 +47,7 @@ GENERATED_END = "# unasync: generated end"
 #: (pattern, replacement) applied in order to every line of an unasync region.
 UNASYNC: list[tuple[str, str]] = [
     (r"\basync def\b", "def"),
+    (r"\basync with\b", "with"),
     (r"\bawait ", ""),
     (r"\bhandle_async_request\b", "handle_request"),
     (r"\b__aenter__\b", "__enter__"),
@@ -68,6 +69,8 @@ UNASYNC: list[tuple[str, str]] = [
     (r"\banyio\.current_time\(\)", "time.monotonic()"),
     (r"\bResolver\b", "SyncResolver"),
     (r"\bdefault_resolver\b", "default_sync_resolver"),
+    # A test's twin runs for a sync client, under a name of its own.
+    (r"\bdef test_", "def test_sync_"),
     (r"\bTimedNetworkBackend\b", "SyncTimedNetworkBackend"),
     (r"\bTimedStream\b", "SyncTimedStream"),
     (r"\bGoawayGuardStream\b", "SyncGoawayGuardStream"),

@@ -2,24 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 
 from .flavour import httpx
 
 
 class FakeSleep:
-    """Records the waits asked for and moves a virtual clock instead of sleeping."""
+    """Records the waits asked for and moves a virtual clock instead of sleeping.
+
+    One object serves as ``sleep=`` (awaited) and ``sync_sleep=`` (called):
+    the wait is recorded when it is asked for, and nothing is waited.
+    """
 
     def __init__(self) -> None:
         self.calls: list[float] = []
         self.now = 0.0
 
-    async def __call__(self, seconds: float) -> None:
+    def __call__(self, seconds: float) -> _Done:
         self.calls.append(seconds)
         self.now += seconds
+        return _Done()
 
     def clock(self) -> float:
         return self.now
+
+
+class _Done:
+    """An awaitable that is done at once."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
 
 
 Outcome = int | tuple[int, dict[str, str]] | Exception | Callable[[httpx.Request], httpx.Response]
@@ -37,9 +52,11 @@ class Script:
         self.requests: list[httpx.Request] = []
         self.bodies: list[bytes] = []
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
+    # Sync, so that it serves async and sync clients alike (MockTransport
+    # awaits only what is awaitable).
+    def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        self.bodies.append(await request.aread() if self._replayable(request) else b"")
+        self.bodies.append(request.read() if self._replayable(request) else b"")
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(outcome, Exception):
             raise type(outcome)(str(outcome))

@@ -14,7 +14,11 @@ pytestmark = pytest.mark.anyio
 URL = "https://api.example.com/orders"
 
 
-async def _sent_headers(method: str, headers: dict[str, str], **options: object) -> httpx.Headers:
+# Each test of this block runs again for a sync client: its twin follows the block.
+# unasync: begin
+async def _async_sent_headers(
+    method: str, headers: dict[str, str], **options: object
+) -> httpx.Headers:
     script = Script([200])
     transport = IdempotencyKeyTransport(script.transport(), **options)  # type: ignore[arg-type]
     async with httpx.AsyncClient(transport=transport) as client:
@@ -24,23 +28,57 @@ async def _sent_headers(method: str, headers: dict[str, str], **options: object)
 
 async def test_post_and_patch_get_a_uuid4_key() -> None:
     for method in ("POST", "PATCH"):
-        headers = await _sent_headers(method, {})
+        headers = await _async_sent_headers(method, {})
         assert uuid.UUID(headers["Idempotency-Key"]).version == 4
 
 
 async def test_other_methods_and_existing_keys_are_left_alone() -> None:
-    assert "Idempotency-Key" not in await _sent_headers("GET", {})
-    assert "Idempotency-Key" not in await _sent_headers("PUT", {})
-    headers = await _sent_headers("POST", {"idempotency-key": "mine"})
+    assert "Idempotency-Key" not in await _async_sent_headers("GET", {})
+    assert "Idempotency-Key" not in await _async_sent_headers("PUT", {})
+    headers = await _async_sent_headers("POST", {"idempotency-key": "mine"})
     assert headers.get_list("Idempotency-Key") == ["mine"]
 
 
 async def test_header_methods_and_key_factory_are_configurable() -> None:
-    headers = await _sent_headers(
+    headers = await _async_sent_headers(
         "delete", {}, header="X-Dedup", methods=["delete"], new_key=lambda: "fixed"
     )
     assert headers["X-Dedup"] == "fixed"
     assert "Idempotency-Key" not in headers
+
+
+# unasync: end
+# unasync: generated from the block above by scripts/generate.py; do not edit
+def _sent_headers(method: str, headers: dict[str, str], **options: object) -> httpx.Headers:
+    script = Script([200])
+    transport = IdempotencyKeyTransport(script.transport(), **options)  # type: ignore[arg-type]
+    with httpx.Client(transport=transport) as client:
+        client.request(method, URL, headers=headers)
+    return script.requests[0].headers
+
+
+def test_sync_post_and_patch_get_a_uuid4_key() -> None:
+    for method in ("POST", "PATCH"):
+        headers = _sent_headers(method, {})
+        assert uuid.UUID(headers["Idempotency-Key"]).version == 4
+
+
+def test_sync_other_methods_and_existing_keys_are_left_alone() -> None:
+    assert "Idempotency-Key" not in _sent_headers("GET", {})
+    assert "Idempotency-Key" not in _sent_headers("PUT", {})
+    headers = _sent_headers("POST", {"idempotency-key": "mine"})
+    assert headers.get_list("Idempotency-Key") == ["mine"]
+
+
+def test_sync_header_methods_and_key_factory_are_configurable() -> None:
+    headers = _sent_headers(
+        "delete", {}, header="X-Dedup", methods=["delete"], new_key=lambda: "fixed"
+    )
+    assert headers["X-Dedup"] == "fixed"
+    assert "Idempotency-Key" not in headers
+
+
+# unasync: generated end
 
 
 def test_keys_are_distinct_and_bad_header_rejected() -> None:

@@ -50,14 +50,17 @@ class Snapshots:
         return httpx.MockTransport(self)
 
 
-def _client(script: Script | Snapshots, **options: object) -> httpx.AsyncClient:
-    retry = RetryTransport(script.transport(), FAST, sleep=FakeSleep())
+# Each test of this block runs again for a sync client: its twin follows the block.
+# unasync: begin
+def _async_client(script: Script | Snapshots, **options: object) -> httpx.AsyncClient:
+    sleep = FakeSleep()
+    retry = RetryTransport(script.transport(), FAST, sleep=sleep, sync_sleep=sleep)
     return httpx.AsyncClient(transport=RequestIdTransport(retry, **options))  # type: ignore[arg-type]
 
 
 async def test_new_id_is_128_random_bits_shared_by_every_attempt() -> None:
     script = Snapshots([503, 503, 200])
-    async with _client(script) as client:
+    async with _async_client(script) as client:
         response = await client.get(URL)
         other = await client.get(URL)
     sent = [headers["X-Request-ID"] for headers in script.headers]
@@ -73,7 +76,7 @@ async def test_new_id_is_128_random_bits_shared_by_every_attempt() -> None:
 
 async def test_bound_id_is_sent_on_every_attempt() -> None:
     script = Snapshots([503, 503, 200])
-    async with _client(script) as client:
+    async with _async_client(script) as client:
         with request_id("inbound-42"):
             response = await client.get(URL)
     assert [headers["X-Request-ID"] for headers in script.headers] == ["inbound-42"] * 3
@@ -82,7 +85,7 @@ async def test_bound_id_is_sent_on_every_attempt() -> None:
 
 async def test_header_set_by_the_caller_wins() -> None:
     script = Script([200])
-    async with _client(script, header="X-Correlation-ID") as client:
+    async with _async_client(script, header="X-Correlation-ID") as client:
         with request_id("bound"):
             response = await client.get(URL, headers={"x-correlation-id": "mine"})
     assert script.requests[0].headers.get_list("X-Correlation-ID") == ["mine"]
@@ -92,12 +95,68 @@ async def test_header_set_by_the_caller_wins() -> None:
 
 async def test_custom_factory_is_used_and_checked() -> None:
     script = Script([200])
-    async with _client(script, new_id=lambda: "req-1") as client:
+    async with _async_client(script, new_id=lambda: "req-1") as client:
         await client.get(URL)
     assert script.requests[0].headers["X-Request-ID"] == "req-1"
-    async with _client(script, new_id=lambda: "bad\r\nInjected: yes") as client:
+    async with _async_client(script, new_id=lambda: "bad\r\nInjected: yes") as client:
         with pytest.raises(ValueError, match="cannot be sent as a header value"):
             await client.get(URL)
+
+
+# unasync: end
+# unasync: generated from the block above by scripts/generate.py; do not edit
+def _client(script: Script | Snapshots, **options: object) -> httpx.Client:
+    sleep = FakeSleep()
+    retry = RetryTransport(script.transport(), FAST, sleep=sleep, sync_sleep=sleep)
+    return httpx.Client(transport=RequestIdTransport(retry, **options))  # type: ignore[arg-type]
+
+
+def test_sync_new_id_is_128_random_bits_shared_by_every_attempt() -> None:
+    script = Snapshots([503, 503, 200])
+    with _client(script) as client:
+        response = client.get(URL)
+        other = client.get(URL)
+    sent = [headers["X-Request-ID"] for headers in script.headers]
+    assert len(sent) == 4
+    assert len(set(sent[:3])) == 1
+    assert HEX_128.fullmatch(sent[0])
+    assert sent[3] != sent[0]
+    assert response.extensions["request_id"] == sent[0]
+    assert other.extensions["request_id"] == sent[3]
+    assert script.requests[0].extensions["request_id"] == sent[0]
+    assert script.requests[0].extensions["request_id_header"] == "x-request-id"
+
+
+def test_sync_bound_id_is_sent_on_every_attempt() -> None:
+    script = Snapshots([503, 503, 200])
+    with _client(script) as client:
+        with request_id("inbound-42"):
+            response = client.get(URL)
+    assert [headers["X-Request-ID"] for headers in script.headers] == ["inbound-42"] * 3
+    assert response.extensions["request_id"] == "inbound-42"
+
+
+def test_sync_header_set_by_the_caller_wins() -> None:
+    script = Script([200])
+    with _client(script, header="X-Correlation-ID") as client:
+        with request_id("bound"):
+            response = client.get(URL, headers={"x-correlation-id": "mine"})
+    assert script.requests[0].headers.get_list("X-Correlation-ID") == ["mine"]
+    assert "X-Request-ID" not in script.requests[0].headers
+    assert response.extensions["request_id"] == "mine"
+
+
+def test_sync_custom_factory_is_used_and_checked() -> None:
+    script = Script([200])
+    with _client(script, new_id=lambda: "req-1") as client:
+        client.get(URL)
+    assert script.requests[0].headers["X-Request-ID"] == "req-1"
+    with _client(script, new_id=lambda: "bad\r\nInjected: yes") as client:
+        with pytest.raises(ValueError, match="cannot be sent as a header value"):
+            client.get(URL)
+
+
+# unasync: generated end
 
 
 @pytest.mark.parametrize("value", ["", " padded", "padded ", "new\nline", "naïve", "nul\x00"])
@@ -147,7 +206,7 @@ async def test_binding_follows_child_tasks_and_stays_out_of_others() -> None:
 
     async def child(name: str) -> None:
         seen[name] = current_request_id()
-        async with _client(script) as client:
+        async with _async_client(script) as client:
             await client.get(URL, headers={"X-Task": name})
 
     async with anyio.create_task_group() as tg:
@@ -162,7 +221,7 @@ async def test_binding_follows_child_tasks_and_stays_out_of_others() -> None:
 async def test_retry_log_carries_the_request_id(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="httpx_resilience")
     script = Script([503, 200])
-    async with _client(script) as client:
+    async with _async_client(script) as client:
         with request_id("log-me"):
             await client.get(URL)
     [record] = caplog.records
@@ -175,7 +234,7 @@ async def test_sensitive_id_is_sent_but_kept_out_of_the_log(
 ) -> None:
     caplog.set_level(logging.INFO, logger="httpx_resilience")
     script = Snapshots([503, 200])
-    async with _client(script, sensitive=True) as client:
+    async with _async_client(script, sensitive=True) as client:
         with request_id("secret-session-id"):
             response = await client.get(URL)
     assert [h["X-Request-ID"] for h in script.headers] == ["secret-session-id"] * 2
