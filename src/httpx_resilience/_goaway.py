@@ -791,19 +791,25 @@ async def _async_write_frames(
     room = guard._room
     if room is None:
         room = guard._room = _SendRoom(guard._stream.get_extra_info("socket"))
-    if len(buffer) <= _SMALL_WRITE and room.has_room():
-        # The common case: the socket takes the bytes at once. Shielded,
-        # with no task to watch for a cancellation: nothing here sees one
-        # sent by cancel(), and only a deadline (the caller's, plus the
-        # grace) can cut the write.
-        deadline = anyio.current_effective_deadline()
-        if deadline == -math.inf:  # already cancelled
-            deadline = anyio.current_time()
-        with anyio.CancelScope(shield=True, deadline=deadline + CANCEL_GRACE) as scope:
-            await guard._stream.write(buffer, timeout)
-        cut = scope.cancelled_caught
-    else:
-        cut = await _write_watched(guard, buffer, timeout)
+    try:
+        if len(buffer) <= _SMALL_WRITE and room.has_room():
+            # The common case: the socket takes the bytes at once. Shielded,
+            # with no task to watch for a cancellation: nothing here sees one
+            # sent by cancel(), and only a deadline (the caller's, plus the
+            # grace) can cut the write.
+            deadline = anyio.current_effective_deadline()
+            if deadline == -math.inf:  # already cancelled
+                deadline = anyio.current_time()
+            with anyio.CancelScope(shield=True, deadline=deadline + CANCEL_GRACE) as scope:
+                await guard._stream.write(buffer, timeout)
+            cut = scope.cancelled_caught
+        else:
+            cut = await _write_watched(guard, buffer, timeout)
+    except Exception:
+        # A write that failed under a shield (another request cut the
+        # connection) must not turn the caller's cancellation into an error.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        raise
     if cut:
         await _close_cut(guard)
 
