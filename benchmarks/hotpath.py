@@ -603,14 +603,42 @@ LOOPBACK_CASES = [
 ]
 
 
+#: A request ID every request of a ``..._fixed_rid`` case carries (bound by ``request_id()``).
+FIXED_ID = "0123456789abcdef0123456789abcdef"
+
+
+def _without_guard() -> None:
+    """Our transport with the GOAWAY guard taken out of HTTP/2 connections (what it costs).
+
+    Only for counting: HTTP/2 connections then get httpcore's TLS stream itself,
+    as HTTP/1.1 ones always do.
+    """
+    from httpx_resilience import _goaway
+
+    async def start_tls(self: Any, ssl_context: Any, server_hostname: Any = None, timeout: Any = None) -> Any:
+        return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+
+    _goaway.GoawayGuardStream.start_tls = start_tls  # type: ignore[method-assign]
+
+
 def _loopback_child(url: str, ca: str, key: str, http2: bool, concurrency: int, n: int) -> None:
+    import contextlib
     import importlib
     import ssl
 
     import loopback
 
+    from httpx_resilience import request_id
+
     for module in COMMON_IMPORTS:
         importlib.import_module(module)
+    bind: Any = contextlib.nullcontext()
+    if key.endswith("_unguarded"):
+        key = key.removesuffix("_unguarded")
+        _without_guard()
+    if key.endswith("_fixed_rid"):
+        key = key.removesuffix("_fixed_rid")
+        bind = request_id(FIXED_ID)
 
     async def go() -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -622,7 +650,32 @@ def _loopback_child(url: str, ca: str, key: str, http2: bool, concurrency: int, 
             await client.run(0.0, concurrency, min_requests=n)
         await client.aclose()
 
-    asyncio.run(go())
+    with bind:
+        asyncio.run(go())
+
+
+#: HTTP/2 sequential on loopback: what the GOAWAY guard and the request ID cost.
+H2_CASES = [
+    (key, True, 1)
+    for key in (
+        "bare",
+        "http_transport",
+        "http_transport_unguarded",
+        "full_noop",
+        "full_noop_no_rid",
+        "full_noop_fixed_rid",
+    )
+]
+
+
+def h2_costs(found: dict[tuple[str, bool, int], float]) -> dict[str, float]:
+    """The guard's and the request ID's instructions per request, from ``H2_CASES`` counts."""
+    count = {key: value for (key, _, _), value in found.items()}
+    return {
+        "guard": count["http_transport"] - count["http_transport_unguarded"],
+        "request_id": count["full_noop"] - count["full_noop_no_rid"],
+        "fixed_request_id": count["full_noop_fixed_rid"] - count["full_noop_no_rid"],
+    }
 
 
 def loopback_instructions(
@@ -664,8 +717,44 @@ def loopback_instructions_report(
     )
 
 
+# -- the pool under bursts, in memory, counted ----------------------------------------
+
+
+def pool_report(keys: list[str], rounds: int = 4) -> tuple[str, dict[str, Any]]:
+    """Instructions per request of ``pool.py``'s workload (bursts of 50), per configuration."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pool
+
+    keys = keys or list(pool.CONFIGS)
+    per_round = pool.TASKS * (1 + pool.STEADY)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as executor:
+        counts = list(
+            executor.map(lambda k: counted(["--pool-count", k], rounds) / per_round, keys)
+        )
+    found = dict(zip(keys, counts, strict=True))
+    bare = found.get("bare")
+    rows = [
+        [pool.CONFIGS[k][0], v / 1000, None if bare is None else v / bare] for k, v in found.items()
+    ]
+    text = (
+        f"CPU instructions per request, HTTP/1.1 bursts of {pool.TASKS} in memory (valgrind, "
+        f"{rounds} x {per_round} requests; no TLS, no sockets):\n"
+        + table(["configuration", "k instr/req", "x bare"], rows)
+    )
+    return text, {"instructions_per_request": found}
+
+
 def main() -> None:
     args = sys.argv[1:]
+    if len(args) == 3 and args[0] == "--pool-count":
+        import pool
+
+        pool.count_child(args[1], int(args[2]))
+        return
+    if args and args[0] == "pool":
+        print(pool_report(args[1:])[0])
+        return
     if len(args) == 3 and args[0] == "--count":
         _count_child(args[1], int(args[2]))
         return
@@ -675,6 +764,13 @@ def main() -> None:
     if len(args) == 7 and args[0] == "--loopback-count":
         _, url, ca, key, http2, concurrency, n = args
         _loopback_child(url, ca, key, http2 == "1", int(concurrency), int(n))
+        return
+    if args and args[0] == "h2-instructions":
+        found = loopback_instructions(H2_CASES, n=int(args[1]) if len(args) > 1 else 400)
+        for (key, _, _), value in found.items():
+            print(f"{key:32} {value / 1000:10.1f} k instr/req")
+        for name, value in h2_costs(found).items():
+            print(f"{name:32} {value / 1000:+10.1f} k instr/req")
         return
     if args and args[0] == "loopback-instructions":
         # Optionally one cell: "h1" or "h2", then the concurrency (1 or 50).

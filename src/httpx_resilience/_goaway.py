@@ -56,6 +56,7 @@ import math
 import select
 import ssl
 import sys
+import time
 import typing
 
 import anyio
@@ -75,6 +76,7 @@ CANCEL_GRACE = 0.25
 # A write the socket has room for goes out at once: one default-size DATA
 # frame (16 KiB) and a few small frames with it.
 _SMALL_WRITE = 20 * 1024
+
 
 
 class _SendRoom:
@@ -104,6 +106,60 @@ class _SendRoom:
             return False
         return bool(select.select([], [self._sock], [], 0)[1])  # pragma: no cover - Windows
 
+
+def _readable_probe(sock: typing.Any) -> typing.Callable[[], bool] | None:
+    """Whether ``sock`` has something to read, asked without blocking; None without poll().
+
+    What httpcore asks an idle HTTP/1.1 connection before reusing it (a
+    server that closed it makes it readable), for a fraction of the cost:
+    httpcore's anyio streams build a dict of every attribute of the stream
+    on each question, about 20 times the cost of the poll() itself, and the
+    pool asks every idle connection twice per request.
+    """
+    if sock is None or not hasattr(select, "poll"):  # no socket, or Windows
+        return None
+    poll = select.poll()
+    try:
+        poll.register(sock, select.POLLIN)
+    except (OSError, TypeError, ValueError):  # not a socket after all
+        return None
+    ask = poll.poll
+
+    def readable() -> bool:
+        return bool(ask(0))
+
+    return readable
+
+
+class _PoolBook:
+    """What the connections of one pool keep in common, so that the pool's passes stay cheap.
+
+    httpcore 1.0.9's pool asks every connection, in the order it made them,
+    whether it is closed, then expired, then idle, on each pass (twice per
+    request).
+    """
+
+    __slots__ = ("asking", "idle_seen", "keep", "last_seq", "made")
+
+    def __init__(self, keep: int | None) -> None:
+        #: The connection the pass has just found unexpired, which it asks next
+        #: whether it is idle, to close it if too many are open.
+        self.asking: object | None = None
+        #: Idle connections kept to this point of the current pass.
+        self.idle_seen = 0
+        #: Idle connections kept at most (max_keepalive_connections), if we count them.
+        self.keep = keep
+        #: The connection the pass last asked, by the order they were made in.
+        self.last_seq = -1
+        #: Connections made so far.
+        self.made = 0
+
+
+#: Whether the pool counts every connection again for each idle one on each
+#: pass, and closes an idle one whenever more connections than
+#: max_keepalive_connections are open, idle or not (httpcore 1.0.9; httpcore2
+#: counts the idle ones, once a pass).
+_QUADRATIC_POOL = not hasattr(httpcore.AsyncHTTPConnection, "can_multiplex")
 
 #: Origins whose learned limits a pool keeps (least recently connected to go first).
 ORIGINS_KEPT = 256
@@ -152,6 +208,8 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
             self._decided = True
             if buffer.startswith(PREFACE):
                 self._watch = H2Watch(self._state)
+            else:
+                self._http1(self._stream)
         if self._watch is not None:
             buffer = self._watch.sent(buffer)
             if buffer:
@@ -161,6 +219,11 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    def _http1(self, stream: httpcore.AsyncNetworkStream) -> None:
+        state = self._state
+        state.http1 = True
+        state.readable = _readable_probe(stream.get_extra_info("socket"))
 
     def _gone(self) -> None:
         # The server closed or the socket failed: the connection takes no new
@@ -187,7 +250,7 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
         if protocol is not None and protocol != "h2":
             # HTTP/1.1 (or another protocol without GOAWAY): httpcore gets the
             # TLS stream itself, and every read and write skips the guard.
-            self._state.http1 = True
+            self._http1(stream)
             return stream
         guarded = GoawayGuardStream(stream, self._state)
         if protocol == "h2":
@@ -244,13 +307,25 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
     connection before anything of it is sent.
 
     A subclass rather than a wrapper: the pool asks every connection whether
-    it is closed, expired, idle or available around every request, and only
-    the last two answers change here.
+    it is closed, expired, idle or available around every request (twice
+    per request, and for each idle connection again on httpcore 1.0.9), so
+    these answers are kept cheap: an idle HTTP/1.1 connection asks its own
+    socket whether the server closed it, and only one idle connection of the
+    pool at a time says it is idle (see ``is_idle``).
     """
 
-    def __init__(self, *, state: GoawayState, **options: typing.Any) -> None:
+    def __init__(
+        self, *, state: GoawayState, book: _PoolBook | None = None, **options: typing.Any
+    ) -> None:
         super().__init__(**options)
         self._goaway = state
+        self._book = _PoolBook(None) if book is None else book
+        #: Its place in the order the pool made its connections in.
+        self._seq = self._book.made
+        self._book.made += 1
+        self._keepalive_expiry: float | None = options.get("keepalive_expiry")
+        #: When the pool first saw this HTTP/1.1 connection idle since its last request.
+        self._idle_since: float | None = None
         #: Requests that reached this connection.
         self._requests_seen = 0
         #: Never used, and reported expired to the pool (see ``_orphaned``).
@@ -265,6 +340,8 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
                 raise httpcore.ConnectionNotAvailable()
             self._requests_seen += 1
             state.take()
+        # Taken: busy from now on, before httpcore says so (see is_available).
+        self._idle_since = None
         try:
             try:
                 return await super().handle_async_request(request)
@@ -307,7 +384,7 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
         against ``max_connections``, for ever. Closed, the pool drops it.
         """
         if self._requests_seen == 1 and not (
-            self.is_idle() or self.is_available() or self.is_closed() or self.has_expired()
+            self._idle() or self.is_available() or super().is_closed() or self._expired()
         ):
             await _async_close_shielded(self)
 
@@ -336,6 +413,12 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
 
     def is_available(self) -> bool:
         state = self._goaway
+        if state.http1:
+            # Busy as soon as a request is inside: httpcore's own connection
+            # says so only after a pass of the event loop, and meanwhile its
+            # pool hands the same idle connection to every other request of a
+            # burst, all but one of which then fail, queue and go round again.
+            return not state.inside and not state.draining and super().is_available()
         return (
             not state.draining
             and not state.full()
@@ -357,15 +440,74 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
         )
 
     def has_expired(self) -> bool:
+        expired = self._expired()
+        if not expired and _QUADRATIC_POOL:
+            self._book.asking = self
+        return expired
+
+    def _expired(self) -> bool:
         if self._orphaned():
             return True
-        return super().has_expired() or (self._goaway.draining and self.is_idle())
+        state = self._goaway
+        if not self._idle():
+            return super().has_expired()
+        readable = state.readable
+        if readable is None:
+            expired = super().has_expired() or state.draining
+        else:
+            # An idle HTTP/1.1 connection: expired past keepalive_expiry, or
+            # when the server closed it (its socket is readable), as httpcore
+            # judges; the pool asks right after each response ends.
+            now = time.monotonic()
+            since = self._idle_since
+            if since is None:
+                since = self._idle_since = now
+            expiry = self._keepalive_expiry
+            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+        if expired:
+            return True
+        book = self._book
+        if book.keep is None:
+            return False
+        # Idle connections past max_keepalive_connections go, the ones the
+        # pass comes to last (the newest): httpcore 1.0.9 would close one
+        # whenever more connections than that are open, busy or not.
+        book.idle_seen += 1
+        if book.idle_seen <= book.keep:
+            return False
+        book.idle_seen -= 1
+        return True
 
     def is_idle(self) -> bool:
+        """Whether the connection carries no request, so that the pool may close it.
+
+        Asked right after ``has_expired`` by httpcore 1.0.9's pool pass, the
+        answer is no: there the pool asks only to close idle connections
+        past ``max_keepalive_connections``, which ``has_expired`` has done,
+        and it would count every connection again for each idle one, twice
+        per request (2,500 questions per pass with 50 idle connections).
+        """
+        book = self._book
+        if book.asking is self:
+            book.asking = None
+            return False
+        return self._idle()
+
+    def _idle(self) -> bool:
         # httpcore's HTTP/2 connection turns idle, to be closed or to expire,
         # when its last open stream ends, though requests may still be
         # waiting inside for a stream of their own.
         return not self._goaway.inside and super().is_idle()
+
+    def is_closed(self) -> bool:
+        book = self._book
+        book.asking = None
+        # The pool asks every connection this first, in the order it made
+        # them: asked about an earlier one, it has begun a new pass.
+        if self._seq <= book.last_seq:
+            book.idle_seen = 0
+        book.last_seq = self._seq
+        return super().is_closed()
 
 
 class GuardedConnectionPool(httpcore.AsyncConnectionPool):
@@ -391,6 +533,14 @@ class GuardedConnectionPool(httpcore.AsyncConnectionPool):
     ) -> None:
         # anyio runs on asyncio and trio alike (httpcore's AutoBackend is private).
         backend = network_backend or httpcore.AnyIOBackend()
+        keep = limits.get("max_keepalive_connections")
+        if _QUADRATIC_POOL and keep is not None:
+            # Our connections count the idle ones (see has_expired); httpcore
+            # 1.0.9 would count all of them, busy ones too.
+            limits["max_keepalive_connections"] = None
+            keep = min(keep, limits.get("max_connections") or keep)
+        else:
+            keep = None
         super().__init__(
             ssl_context=ssl_context,
             keepalive_expiry=keepalive_expiry,
@@ -414,6 +564,7 @@ class GuardedConnectionPool(httpcore.AsyncConnectionPool):
             "socket_options": socket_options,
         }
         self._backend = backend
+        self._book = _PoolBook(keep)
         #: What the origins' GOAWAYs taught, the most recently used last.
         self._limits: dict[tuple[bytes, bytes, int], OriginLimits] = {}
 
@@ -431,6 +582,7 @@ class GuardedConnectionPool(httpcore.AsyncConnectionPool):
         state = GoawayState(self._limits_of(origin))
         return GuardedConnection(
             state=state,
+            book=self._book,
             origin=origin,
             network_backend=_GuardingBackend(self._backend, state),
             **self._connection_options,
@@ -481,6 +633,8 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
             self._decided = True
             if buffer.startswith(PREFACE):
                 self._watch = H2Watch(self._state)
+            else:
+                self._http1(self._stream)
         if self._watch is not None:
             buffer = self._watch.sent(buffer)
             if buffer:
@@ -490,6 +644,11 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
 
     def close(self) -> None:
         self._stream.close()
+
+    def _http1(self, stream: httpcore.NetworkStream) -> None:
+        state = self._state
+        state.http1 = True
+        state.readable = _readable_probe(stream.get_extra_info("socket"))
 
     def _gone(self) -> None:
         # The server closed or the socket failed: the connection takes no new
@@ -516,7 +675,7 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
         if protocol is not None and protocol != "h2":
             # HTTP/1.1 (or another protocol without GOAWAY): httpcore gets the
             # TLS stream itself, and every read and write skips the guard.
-            self._state.http1 = True
+            self._http1(stream)
             return stream
         guarded = SyncGoawayGuardStream(stream, self._state)
         if protocol == "h2":
@@ -573,13 +732,25 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
     connection before anything of it is sent.
 
     A subclass rather than a wrapper: the pool asks every connection whether
-    it is closed, expired, idle or available around every request, and only
-    the last two answers change here.
+    it is closed, expired, idle or available around every request (twice
+    per request, and for each idle connection again on httpcore 1.0.9), so
+    these answers are kept cheap: an idle HTTP/1.1 connection asks its own
+    socket whether the server closed it, and only one idle connection of the
+    pool at a time says it is idle (see ``is_idle``).
     """
 
-    def __init__(self, *, state: GoawayState, **options: typing.Any) -> None:
+    def __init__(
+        self, *, state: GoawayState, book: _PoolBook | None = None, **options: typing.Any
+    ) -> None:
         super().__init__(**options)
         self._goaway = state
+        self._book = _PoolBook(None) if book is None else book
+        #: Its place in the order the pool made its connections in.
+        self._seq = self._book.made
+        self._book.made += 1
+        self._keepalive_expiry: float | None = options.get("keepalive_expiry")
+        #: When the pool first saw this HTTP/1.1 connection idle since its last request.
+        self._idle_since: float | None = None
         #: Requests that reached this connection.
         self._requests_seen = 0
         #: Never used, and reported expired to the pool (see ``_orphaned``).
@@ -594,6 +765,8 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
                 raise httpcore.ConnectionNotAvailable()
             self._requests_seen += 1
             state.take()
+        # Taken: busy from now on, before httpcore says so (see is_available).
+        self._idle_since = None
         try:
             try:
                 return super().handle_request(request)
@@ -636,7 +809,7 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
         against ``max_connections``, for ever. Closed, the pool drops it.
         """
         if self._requests_seen == 1 and not (
-            self.is_idle() or self.is_available() or self.is_closed() or self.has_expired()
+            self._idle() or self.is_available() or super().is_closed() or self._expired()
         ):
             _close_shielded(self)
 
@@ -665,6 +838,12 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
 
     def is_available(self) -> bool:
         state = self._goaway
+        if state.http1:
+            # Busy as soon as a request is inside: httpcore's own connection
+            # says so only after a pass of the event loop, and meanwhile its
+            # pool hands the same idle connection to every other request of a
+            # burst, all but one of which then fail, queue and go round again.
+            return not state.inside and not state.draining and super().is_available()
         return (
             not state.draining and not state.full() and not self._busy() and super().is_available()
         )
@@ -683,15 +862,74 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
         )
 
     def has_expired(self) -> bool:
+        expired = self._expired()
+        if not expired and _QUADRATIC_POOL:
+            self._book.asking = self
+        return expired
+
+    def _expired(self) -> bool:
         if self._orphaned():
             return True
-        return super().has_expired() or (self._goaway.draining and self.is_idle())
+        state = self._goaway
+        if not self._idle():
+            return super().has_expired()
+        readable = state.readable
+        if readable is None:
+            expired = super().has_expired() or state.draining
+        else:
+            # An idle HTTP/1.1 connection: expired past keepalive_expiry, or
+            # when the server closed it (its socket is readable), as httpcore
+            # judges; the pool asks right after each response ends.
+            now = time.monotonic()
+            since = self._idle_since
+            if since is None:
+                since = self._idle_since = now
+            expiry = self._keepalive_expiry
+            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+        if expired:
+            return True
+        book = self._book
+        if book.keep is None:
+            return False
+        # Idle connections past max_keepalive_connections go, the ones the
+        # pass comes to last (the newest): httpcore 1.0.9 would close one
+        # whenever more connections than that are open, busy or not.
+        book.idle_seen += 1
+        if book.idle_seen <= book.keep:
+            return False
+        book.idle_seen -= 1
+        return True
 
     def is_idle(self) -> bool:
+        """Whether the connection carries no request, so that the pool may close it.
+
+        Asked right after ``has_expired`` by httpcore 1.0.9's pool pass, the
+        answer is no: there the pool asks only to close idle connections
+        past ``max_keepalive_connections``, which ``has_expired`` has done,
+        and it would count every connection again for each idle one, twice
+        per request (2,500 questions per pass with 50 idle connections).
+        """
+        book = self._book
+        if book.asking is self:
+            book.asking = None
+            return False
+        return self._idle()
+
+    def _idle(self) -> bool:
         # httpcore's HTTP/2 connection turns idle, to be closed or to expire,
         # when its last open stream ends, though requests may still be
         # waiting inside for a stream of their own.
         return not self._goaway.inside and super().is_idle()
+
+    def is_closed(self) -> bool:
+        book = self._book
+        book.asking = None
+        # The pool asks every connection this first, in the order it made
+        # them: asked about an earlier one, it has begun a new pass.
+        if self._seq <= book.last_seq:
+            book.idle_seen = 0
+        book.last_seq = self._seq
+        return super().is_closed()
 
 
 class SyncGuardedConnectionPool(httpcore.ConnectionPool):
@@ -717,6 +955,14 @@ class SyncGuardedConnectionPool(httpcore.ConnectionPool):
     ) -> None:
         # anyio runs on asyncio and trio alike (httpcore's AutoBackend is private).
         backend = network_backend or httpcore.SyncBackend()
+        keep = limits.get("max_keepalive_connections")
+        if _QUADRATIC_POOL and keep is not None:
+            # Our connections count the idle ones (see has_expired); httpcore
+            # 1.0.9 would count all of them, busy ones too.
+            limits["max_keepalive_connections"] = None
+            keep = min(keep, limits.get("max_connections") or keep)
+        else:
+            keep = None
         super().__init__(
             ssl_context=ssl_context,
             keepalive_expiry=keepalive_expiry,
@@ -740,6 +986,7 @@ class SyncGuardedConnectionPool(httpcore.ConnectionPool):
             "socket_options": socket_options,
         }
         self._backend = backend
+        self._book = _PoolBook(keep)
         #: What the origins' GOAWAYs taught, the most recently used last.
         self._limits: dict[tuple[bytes, bytes, int], OriginLimits] = {}
 
@@ -757,6 +1004,7 @@ class SyncGuardedConnectionPool(httpcore.ConnectionPool):
         state = GoawayState(self._limits_of(origin))
         return SyncGuardedConnection(
             state=state,
+            book=self._book,
             origin=origin,
             network_backend=_SyncGuardingBackend(self._backend, state),
             **self._connection_options,
@@ -804,6 +1052,8 @@ async def _async_write_frames(
                 await guard._stream.write(buffer, timeout)
             cut = scope.cancelled_caught
         else:
+            # The event loop's transport may keep some of it: its next writes
+            # may wait for room, where a cancellation can reach them.
             cut = await _write_watched(guard, buffer, timeout)
     except Exception:
         # A write that failed under a shield (another request cut the

@@ -106,6 +106,7 @@ class GoawayState:
         "lock",
         "max_streams",
         "open",
+        "readable",
         "refused",
         "refused_in_a_row",
     )
@@ -133,6 +134,9 @@ class GoawayState:
         self.inside = 0
         #: ALPN chose HTTP/1.1: none of the HTTP/2 limits apply.
         self.http1 = False
+        #: Whether an HTTP/1.1 connection's socket has something to read (its
+        #: server closed it, when nothing is expected), if it can be asked.
+        self.readable: Callable[[], bool] | None = None
         #: Held while the state changes: a sync connection serves many threads.
         self.lock = threading.Lock()
 
@@ -275,8 +279,13 @@ class H2Watch:
         the flow-control credit of every DATA frame kept from the server.
         """
         with self.state.lock:
-            view = memoryview(data)
-            out = bytearray()
+            kept = 0
+            if self.state.last_stream_id is None:
+                kept = self._scan_sent(data)
+                if kept == len(data):
+                    return data
+            view = memoryview(data)[kept:]
+            out = bytearray(data[:kept])
             if self._preface_left:
                 skip = min(self._preface_left, len(view))
                 self._preface_left -= skip
@@ -320,8 +329,15 @@ class H2Watch:
     def received(self, data: bytes) -> bytes:
         """Bytes read from the server -> the bytes h2 should see now."""
         with self.state.lock:
-            out = bytearray(self._pending())
-            view = memoryview(data)
+            if self.state.last_stream_id is None and not self._inject:
+                kept = self._scan_received(data)
+                if kept == len(data):
+                    return data
+                out = bytearray(data[:kept])
+                view = memoryview(data)[kept:]
+            else:
+                out = bytearray(self._pending())
+                view = memoryview(data)
             frames = self._in
             while view:
                 view = frames.advance(view, out, self._route_received)
@@ -334,8 +350,116 @@ class H2Watch:
 
     def pending(self) -> bytes:
         """Injected frames h2 can have now, without reading the socket."""
+        if not self._inject:  # one atomic look, without the lock: the common case
+            return b""
         with self.state.lock:
             return self._pending()
+
+    # The fast path, until the first GOAWAY: frame headers are read where they
+    # are, and the bytes go on as they came, uncopied. It stops at the first
+    # frame it cannot pass on as it is (or whose payload it must read and is
+    # not all there), or at a frame header cut short; the general path, which
+    # holds, drops and injects frames, takes over from that frame boundary.
+
+    def _scan_sent(self, data: bytes) -> int:
+        """How many bytes of ``data`` go out as they are, their frames' bookkeeping done."""
+        frames = self._out
+        if self._preface_left or frames.header or (frames.remaining and frames.mode != _KEEP):
+            return 0
+        size = len(data)
+        pos = frames.remaining
+        if pos:
+            if pos > size:
+                frames.remaining = pos - size
+                return size
+            frames.remaining = 0
+            self._sent_kept(frames.kind, frames.flags, frames.stream_id, frames.length)
+        muted = self._muted
+        unpack = _FRAME_HEADER.unpack_from
+        while pos + 9 <= size:
+            high, low, kind, flags, stream_id = unpack(data, pos)
+            length = (high << 16) | low
+            stream_id &= 0x7FFFFFFF
+            end = pos + 9 + length
+            if muted and stream_id in muted:
+                return pos
+            if kind == _SETTINGS and not flags & _ACK:
+                if end > size:
+                    return pos
+                self._on_settings(data, pos + 9, end, server=False)
+            elif end > size:
+                # Its payload goes on in the next write: kept, and counted once whole.
+                frames.kind, frames.flags, frames.stream_id = kind, flags, stream_id
+                frames.length, frames.mode, frames.remaining = length, _KEEP, end - size
+                return size
+            else:
+                self._sent_kept(kind, flags, stream_id, length)
+            pos = end
+        return pos
+
+    def _scan_received(self, data: bytes) -> int:
+        """How many bytes of ``data`` h2 may have as they are, their frames' bookkeeping done."""
+        frames = self._in
+        if frames.header or (frames.remaining and frames.mode != _KEEP):
+            return 0
+        size = len(data)
+        pos = frames.remaining
+        if pos:
+            if pos > size:
+                frames.remaining = pos - size
+                return size
+            frames.remaining = 0
+            self._received_kept(frames.kind, frames.flags, frames.stream_id)
+        unpack = _FRAME_HEADER.unpack_from
+        while pos + 9 <= size:
+            high, low, kind, flags, stream_id = unpack(data, pos)
+            length = (high << 16) | low
+            stream_id &= 0x7FFFFFFF
+            end = pos + 9 + length
+            if kind in _WATCHED:
+                if end > size or not self._watched_as_is(
+                    kind, flags, stream_id, length, data, pos
+                ):
+                    return pos
+            elif end > size:
+                frames.kind, frames.flags, frames.stream_id = kind, flags, stream_id
+                frames.length, frames.mode, frames.remaining = length, _KEEP, end - size
+                return size
+            elif flags & _END_STREAM and kind in (_DATA, _HEADERS):
+                self._open.discard(stream_id)
+                self.state.refused_in_a_row = 0
+            pos = end
+        return pos
+
+    def _watched_as_is(
+        self, kind: int, flags: int, stream_id: int, length: int, data: bytes, start: int
+    ) -> bool:
+        """Read a whole watched frame at ``start`` of ``data``: whether h2 may have it as it is.
+
+        As ``_route_received`` and ``_on_received`` would, for the frames that
+        pass unchanged: SETTINGS, and WINDOW_UPDATE of a request still sending.
+        """
+        if kind == _SETTINGS:
+            if (
+                not flags & _ACK
+                and length % 6 == 0
+                and not stream_id
+                and length <= _MAX_FRAME_SIZE
+            ):
+                self._on_settings(data, start + 9, start + 9 + length, server=True)
+            return True
+        if kind == _WINDOW_UPDATE:
+            credit = self._sending.get(stream_id)
+            if credit is None or length != 4:
+                return True
+            if stream_id in self._muted:
+                return False
+            self._sending[stream_id] = credit + (_U32.unpack_from(data, start + 9)[0] & 0x7FFFFFFF)
+            return True
+        if kind == _RST_STREAM:
+            return length != 4
+        # GOAWAY: a valid one never reaches h2.
+        return bool(stream_id) or not 8 <= length <= _MAX_FRAME_SIZE
 
     def _pending(self) -> bytes:
         if not self._inject or not self._in.at_boundary:
@@ -354,25 +478,31 @@ class H2Watch:
 
     def _on_sent(self, frames: _Frames) -> None:
         kind, stream_id = frames.kind, frames.stream_id
+        if kind == _DATA and frames.mode == _DROP:
+            if frames.length:
+                # Never reaches the server, so never counts against its
+                # windows: give h2 its credit back.
+                self._inject += _window_update(stream_id, frames.length)
+                self._inject += _window_update(0, frames.length)
+            if frames.flags & _END_STREAM:
+                self._sent_all(stream_id)
+        elif kind == _SETTINGS:
+            if frames.mode == _PEEK:
+                self._on_settings(frames.held, 9, len(frames.held), server=False)
+        else:
+            self._sent_kept(kind, frames.flags, stream_id, frames.length)
+
+    def _sent_kept(self, kind: int, flags: int, stream_id: int, length: int) -> None:
+        """Bookkeeping of a frame h2 sent (or that was dropped, but for DATA)."""
         if kind == _DATA:
-            if frames.mode == _DROP:
-                if frames.length:
-                    # Never reaches the server, so never counts against its
-                    # windows: give h2 its credit back.
-                    self._inject += _window_update(stream_id, frames.length)
-                    self._inject += _window_update(0, frames.length)
-                if frames.flags & _END_STREAM:
-                    self._sent_all(stream_id)
-                return
             credit = self._sending.get(stream_id)
             if credit is not None:
-                if frames.flags & _END_STREAM:
+                if flags & _END_STREAM:
                     self._sent_all(stream_id)
                 else:
-                    self._sending[stream_id] = credit - frames.length
-            return
-        if kind == _HEADERS:
-            ends = frames.flags & _END_STREAM
+                    self._sending[stream_id] = credit - length
+        elif kind == _HEADERS:
+            ends = flags & _END_STREAM
             if stream_id > self._highest and stream_id % 2 == 1:
                 self._highest = stream_id
                 self._open.add(stream_id)
@@ -383,13 +513,10 @@ class H2Watch:
                     self._refuse(stream_id)
             elif ends and stream_id in self._sending:
                 self._sent_all(stream_id)  # trailers
-            return
-        if kind == _RST_STREAM:
+        elif kind == _RST_STREAM:
             self._refuse_later.discard(stream_id)
             self._sending.pop(stream_id, None)
             self._open.discard(stream_id)
-        elif kind == _SETTINGS and frames.mode == _PEEK:
-            self._on_settings(bytes(frames.held), server=False)
 
     def _sent_all(self, stream_id: int) -> None:
         """h2 has sent the whole request of ``stream_id``."""
@@ -400,14 +527,12 @@ class H2Watch:
 
     def _on_received(self, frames: _Frames) -> None:
         if frames.mode == _KEEP:
-            if frames.flags & _END_STREAM and frames.kind in (_DATA, _HEADERS):
-                self._open.discard(frames.stream_id)
-                self.state.refused_in_a_row = 0  # the server answers
+            self._received_kept(frames.kind, frames.flags, frames.stream_id)
             return
         frame = bytes(frames.held)
         kind, stream_id = frames.kind, frames.stream_id
         if kind == _SETTINGS:  # peeked: h2 has it already
-            self._on_settings(frame, server=True)
+            self._on_settings(frame, 9, len(frame), server=True)
         elif kind == _GOAWAY:
             self._on_goaway(frame)  # and never hand it to h2
         elif kind == _WINDOW_UPDATE:
@@ -419,6 +544,11 @@ class H2Watch:
             self._inject += frame
         elif self._on_reset(stream_id, _U32.unpack_from(frame, 9)[0]):
             self._inject += frame
+
+    def _received_kept(self, kind: int, flags: int, stream_id: int) -> None:
+        if flags & _END_STREAM and kind in (_DATA, _HEADERS):
+            self._open.discard(stream_id)
+            self.state.refused_in_a_row = 0  # the server answers
 
     def _on_reset(self, stream_id: int, error_code: int) -> bool:
         """The server reset a stream: whether h2 should see it."""
@@ -449,10 +579,10 @@ class H2Watch:
         self._refuse_later.discard(stream_id)
         return True
 
-    def _on_settings(self, frame: bytes, *, server: bool) -> None:
-        """Read a SETTINGS frame of the server's, or of h2's own."""
-        for offset in range(9, len(frame), 6):
-            identifier, value = _SETTING.unpack_from(frame, offset)
+    def _on_settings(self, data: bytes | bytearray, start: int, end: int, *, server: bool) -> None:
+        """Read the payload of a SETTINGS frame (``data[start:end]``), the server's or h2's own."""
+        for offset in range(start, end - 5, 6):
+            identifier, value = _SETTING.unpack_from(data, offset)
             # 0 stops new streams for a while; httpcore ignores it, and so do we.
             if identifier == _MAX_CONCURRENT_STREAMS and value:
                 if server:

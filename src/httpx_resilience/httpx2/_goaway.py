@@ -58,6 +58,7 @@ import math
 import select
 import ssl
 import sys
+import time
 import typing
 
 import anyio
@@ -78,6 +79,11 @@ CANCEL_GRACE = 0.25
 # frame (16 KiB) and a few small frames with it.
 _SMALL_WRITE = 20 * 1024
 
+# A write the kernel takes whole whenever the socket polls writable (Linux
+# then has a third of the send buffer free, at least 5 KiB by default): a
+# request's HEADERS, a WINDOW_UPDATE, a small body.
+_FAST_WRITE = 2 * 1024
+
 
 class _SendRoom:
     """Whether a socket's send buffer has room, asked without blocking.
@@ -87,10 +93,13 @@ class _SendRoom:
     socket to ask (another network backend), the answer is no.
     """
 
-    __slots__ = ("_poll", "_sock")
+    __slots__ = ("_poll", "_sock", "calm")
 
     def __init__(self, sock: typing.Any) -> None:
         self._sock = sock
+        #: Every write so far found room and was small: nothing of them can
+        #: be waiting in the event loop's own buffer of the socket.
+        self.calm = True
         self._poll: typing.Any = None
         if sock is not None and hasattr(select, "poll"):  # not on Windows
             poll = select.poll()
@@ -106,6 +115,60 @@ class _SendRoom:
             return False
         return bool(select.select([], [self._sock], [], 0)[1])  # pragma: no cover - Windows
 
+
+def _readable_probe(sock: typing.Any) -> typing.Callable[[], bool] | None:
+    """Whether ``sock`` has something to read, asked without blocking; None without poll().
+
+    What httpcore2 asks an idle HTTP/1.1 connection before reusing it (a
+    server that closed it makes it readable), for a fraction of the cost:
+    httpcore2's anyio streams build a dict of every attribute of the stream
+    on each question, about 20 times the cost of the poll() itself, and the
+    pool asks every idle connection twice per request.
+    """
+    if sock is None or not hasattr(select, "poll"):  # no socket, or Windows
+        return None
+    poll = select.poll()
+    try:
+        poll.register(sock, select.POLLIN)
+    except (OSError, TypeError, ValueError):  # not a socket after all
+        return None
+    ask = poll.poll
+
+    def readable() -> bool:
+        return bool(ask(0))
+
+    return readable
+
+
+class _PoolBook:
+    """What the connections of one pool keep in common, so that the pool's passes stay cheap.
+
+    httpcore2 1.0.9's pool asks every connection, in the order it made them,
+    whether it is closed, then expired, then idle, on each pass (twice per
+    request).
+    """
+
+    __slots__ = ("asking", "idle_seen", "keep", "last_seq", "made")
+
+    def __init__(self, keep: int | None) -> None:
+        #: The connection the pass has just found unexpired, which it asks next
+        #: whether it is idle, to close it if too many are open.
+        self.asking: object | None = None
+        #: Idle connections kept to this point of the current pass.
+        self.idle_seen = 0
+        #: Idle connections kept at most (max_keepalive_connections), if we count them.
+        self.keep = keep
+        #: The connection the pass last asked, by the order they were made in.
+        self.last_seq = -1
+        #: Connections made so far.
+        self.made = 0
+
+
+#: Whether the pool counts every connection again for each idle one on each
+#: pass, and closes an idle one whenever more connections than
+#: max_keepalive_connections are open, idle or not (httpcore2 1.0.9; httpcore2
+#: counts the idle ones, once a pass).
+_QUADRATIC_POOL = not hasattr(httpcore2.AsyncHTTPConnection, "can_multiplex")
 
 #: Origins whose learned limits a pool keeps (least recently connected to go first).
 ORIGINS_KEPT = 256
@@ -154,6 +217,8 @@ class GoawayGuardStream(httpcore2.AsyncNetworkStream):
             self._decided = True
             if buffer.startswith(PREFACE):
                 self._watch = H2Watch(self._state)
+            else:
+                self._http1(self._stream)
         if self._watch is not None:
             buffer = self._watch.sent(buffer)
             if buffer:
@@ -163,6 +228,11 @@ class GoawayGuardStream(httpcore2.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         await self._stream.aclose()
+
+    def _http1(self, stream: httpcore2.AsyncNetworkStream) -> None:
+        state = self._state
+        state.http1 = True
+        state.readable = _readable_probe(stream.get_extra_info("socket"))
 
     def _gone(self) -> None:
         # The server closed or the socket failed: the connection takes no new
@@ -189,7 +259,7 @@ class GoawayGuardStream(httpcore2.AsyncNetworkStream):
         if protocol is not None and protocol != "h2":
             # HTTP/1.1 (or another protocol without GOAWAY): httpcore2 gets the
             # TLS stream itself, and every read and write skips the guard.
-            self._state.http1 = True
+            self._http1(stream)
             return stream
         guarded = GoawayGuardStream(stream, self._state)
         if protocol == "h2":
@@ -246,13 +316,25 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
     connection before anything of it is sent.
 
     A subclass rather than a wrapper: the pool asks every connection whether
-    it is closed, expired, idle or available around every request, and only
-    the last two answers change here.
+    it is closed, expired, idle or available around every request (twice
+    per request, and for each idle connection again on httpcore2 1.0.9), so
+    these answers are kept cheap: an idle HTTP/1.1 connection asks its own
+    socket whether the server closed it, and only one idle connection of the
+    pool at a time says it is idle (see ``is_idle``).
     """
 
-    def __init__(self, *, state: GoawayState, **options: typing.Any) -> None:
+    def __init__(
+        self, *, state: GoawayState, book: _PoolBook | None = None, **options: typing.Any
+    ) -> None:
         super().__init__(**options)
         self._goaway = state
+        self._book = _PoolBook(None) if book is None else book
+        #: Its place in the order the pool made its connections in.
+        self._seq = self._book.made
+        self._book.made += 1
+        self._keepalive_expiry: float | None = options.get("keepalive_expiry")
+        #: When the pool first saw this HTTP/1.1 connection idle since its last request.
+        self._idle_since: float | None = None
         #: Requests that reached this connection.
         self._requests_seen = 0
         #: Never used, and reported expired to the pool (see ``_orphaned``).
@@ -267,6 +349,8 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
                 raise httpcore2.ConnectionNotAvailable()
             self._requests_seen += 1
             state.take()
+        # Taken: busy from now on, before httpcore2 says so (see is_available).
+        self._idle_since = None
         try:
             try:
                 return await super().handle_async_request(request)
@@ -309,7 +393,7 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         against ``max_connections``, for ever. Closed, the pool drops it.
         """
         if self._requests_seen == 1 and not (
-            self.is_idle() or self.is_available() or self.is_closed() or self.has_expired()
+            self._idle() or self.is_available() or super().is_closed() or self._expired()
         ):
             await _async_close_shielded(self)
 
@@ -338,6 +422,12 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
 
     def is_available(self) -> bool:
         state = self._goaway
+        if state.http1:
+            # Busy as soon as a request is inside: httpcore2's own connection
+            # says so only after a pass of the event loop, and meanwhile its
+            # pool hands the same idle connection to every other request of a
+            # burst, all but one of which then fail, queue and go round again.
+            return not state.inside and not state.draining and super().is_available()
         return (
             not state.draining
             and not state.full()
@@ -359,15 +449,74 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         )
 
     def has_expired(self) -> bool:
+        expired = self._expired()
+        if not expired and _QUADRATIC_POOL:
+            self._book.asking = self
+        return expired
+
+    def _expired(self) -> bool:
         if self._orphaned():
             return True
-        return super().has_expired() or (self._goaway.draining and self.is_idle())
+        state = self._goaway
+        if not self._idle():
+            return super().has_expired()
+        readable = state.readable
+        if readable is None:
+            expired = super().has_expired() or state.draining
+        else:
+            # An idle HTTP/1.1 connection: expired past keepalive_expiry, or
+            # when the server closed it (its socket is readable), as httpcore2
+            # judges; the pool asks right after each response ends.
+            now = time.monotonic()
+            since = self._idle_since
+            if since is None:
+                since = self._idle_since = now
+            expiry = self._keepalive_expiry
+            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+        if expired:
+            return True
+        book = self._book
+        if book.keep is None:
+            return False
+        # Idle connections past max_keepalive_connections go, the ones the
+        # pass comes to last (the newest): httpcore2 1.0.9 would close one
+        # whenever more connections than that are open, busy or not.
+        book.idle_seen += 1
+        if book.idle_seen <= book.keep:
+            return False
+        book.idle_seen -= 1
+        return True
 
     def is_idle(self) -> bool:
+        """Whether the connection carries no request, so that the pool may close it.
+
+        Asked right after ``has_expired`` by httpcore2 1.0.9's pool pass, the
+        answer is no: there the pool asks only to close idle connections
+        past ``max_keepalive_connections``, which ``has_expired`` has done,
+        and it would count every connection again for each idle one, twice
+        per request (2,500 questions per pass with 50 idle connections).
+        """
+        book = self._book
+        if book.asking is self:
+            book.asking = None
+            return False
+        return self._idle()
+
+    def _idle(self) -> bool:
         # httpcore2's HTTP/2 connection turns idle, to be closed or to expire,
         # when its last open stream ends, though requests may still be
         # waiting inside for a stream of their own.
         return not self._goaway.inside and super().is_idle()
+
+    def is_closed(self) -> bool:
+        book = self._book
+        book.asking = None
+        # The pool asks every connection this first, in the order it made
+        # them: asked about an earlier one, it has begun a new pass.
+        if self._seq <= book.last_seq:
+            book.idle_seen = 0
+        book.last_seq = self._seq
+        return super().is_closed()
 
 
 class GuardedConnectionPool(httpcore2.AsyncConnectionPool):
@@ -393,6 +542,14 @@ class GuardedConnectionPool(httpcore2.AsyncConnectionPool):
     ) -> None:
         # anyio runs on asyncio and trio alike (httpcore2's AutoBackend is private).
         backend = network_backend or httpcore2.AnyIOBackend()
+        keep = limits.get("max_keepalive_connections")
+        if _QUADRATIC_POOL and keep is not None:
+            # Our connections count the idle ones (see has_expired); httpcore2
+            # 1.0.9 would count all of them, busy ones too.
+            limits["max_keepalive_connections"] = None
+            keep = min(keep, limits.get("max_connections") or keep)
+        else:
+            keep = None
         super().__init__(
             ssl_context=ssl_context,
             keepalive_expiry=keepalive_expiry,
@@ -416,6 +573,7 @@ class GuardedConnectionPool(httpcore2.AsyncConnectionPool):
             "socket_options": socket_options,
         }
         self._backend = backend
+        self._book = _PoolBook(keep)
         #: What the origins' GOAWAYs taught, the most recently used last.
         self._limits: dict[tuple[bytes, bytes, int], OriginLimits] = {}
 
@@ -433,6 +591,7 @@ class GuardedConnectionPool(httpcore2.AsyncConnectionPool):
         state = GoawayState(self._limits_of(origin))
         return GuardedConnection(
             state=state,
+            book=self._book,
             origin=origin,
             network_backend=_GuardingBackend(self._backend, state),
             **self._connection_options,
@@ -483,6 +642,8 @@ class SyncGoawayGuardStream(httpcore2.NetworkStream):
             self._decided = True
             if buffer.startswith(PREFACE):
                 self._watch = H2Watch(self._state)
+            else:
+                self._http1(self._stream)
         if self._watch is not None:
             buffer = self._watch.sent(buffer)
             if buffer:
@@ -492,6 +653,11 @@ class SyncGoawayGuardStream(httpcore2.NetworkStream):
 
     def close(self) -> None:
         self._stream.close()
+
+    def _http1(self, stream: httpcore2.NetworkStream) -> None:
+        state = self._state
+        state.http1 = True
+        state.readable = _readable_probe(stream.get_extra_info("socket"))
 
     def _gone(self) -> None:
         # The server closed or the socket failed: the connection takes no new
@@ -518,7 +684,7 @@ class SyncGoawayGuardStream(httpcore2.NetworkStream):
         if protocol is not None and protocol != "h2":
             # HTTP/1.1 (or another protocol without GOAWAY): httpcore2 gets the
             # TLS stream itself, and every read and write skips the guard.
-            self._state.http1 = True
+            self._http1(stream)
             return stream
         guarded = SyncGoawayGuardStream(stream, self._state)
         if protocol == "h2":
@@ -575,13 +741,25 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
     connection before anything of it is sent.
 
     A subclass rather than a wrapper: the pool asks every connection whether
-    it is closed, expired, idle or available around every request, and only
-    the last two answers change here.
+    it is closed, expired, idle or available around every request (twice
+    per request, and for each idle connection again on httpcore2 1.0.9), so
+    these answers are kept cheap: an idle HTTP/1.1 connection asks its own
+    socket whether the server closed it, and only one idle connection of the
+    pool at a time says it is idle (see ``is_idle``).
     """
 
-    def __init__(self, *, state: GoawayState, **options: typing.Any) -> None:
+    def __init__(
+        self, *, state: GoawayState, book: _PoolBook | None = None, **options: typing.Any
+    ) -> None:
         super().__init__(**options)
         self._goaway = state
+        self._book = _PoolBook(None) if book is None else book
+        #: Its place in the order the pool made its connections in.
+        self._seq = self._book.made
+        self._book.made += 1
+        self._keepalive_expiry: float | None = options.get("keepalive_expiry")
+        #: When the pool first saw this HTTP/1.1 connection idle since its last request.
+        self._idle_since: float | None = None
         #: Requests that reached this connection.
         self._requests_seen = 0
         #: Never used, and reported expired to the pool (see ``_orphaned``).
@@ -596,6 +774,8 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
                 raise httpcore2.ConnectionNotAvailable()
             self._requests_seen += 1
             state.take()
+        # Taken: busy from now on, before httpcore2 says so (see is_available).
+        self._idle_since = None
         try:
             try:
                 return super().handle_request(request)
@@ -638,7 +818,7 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         against ``max_connections``, for ever. Closed, the pool drops it.
         """
         if self._requests_seen == 1 and not (
-            self.is_idle() or self.is_available() or self.is_closed() or self.has_expired()
+            self._idle() or self.is_available() or super().is_closed() or self._expired()
         ):
             _close_shielded(self)
 
@@ -667,6 +847,12 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
 
     def is_available(self) -> bool:
         state = self._goaway
+        if state.http1:
+            # Busy as soon as a request is inside: httpcore2's own connection
+            # says so only after a pass of the event loop, and meanwhile its
+            # pool hands the same idle connection to every other request of a
+            # burst, all but one of which then fail, queue and go round again.
+            return not state.inside and not state.draining and super().is_available()
         return (
             not state.draining and not state.full() and not self._busy() and super().is_available()
         )
@@ -685,15 +871,74 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         )
 
     def has_expired(self) -> bool:
+        expired = self._expired()
+        if not expired and _QUADRATIC_POOL:
+            self._book.asking = self
+        return expired
+
+    def _expired(self) -> bool:
         if self._orphaned():
             return True
-        return super().has_expired() or (self._goaway.draining and self.is_idle())
+        state = self._goaway
+        if not self._idle():
+            return super().has_expired()
+        readable = state.readable
+        if readable is None:
+            expired = super().has_expired() or state.draining
+        else:
+            # An idle HTTP/1.1 connection: expired past keepalive_expiry, or
+            # when the server closed it (its socket is readable), as httpcore2
+            # judges; the pool asks right after each response ends.
+            now = time.monotonic()
+            since = self._idle_since
+            if since is None:
+                since = self._idle_since = now
+            expiry = self._keepalive_expiry
+            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+        if expired:
+            return True
+        book = self._book
+        if book.keep is None:
+            return False
+        # Idle connections past max_keepalive_connections go, the ones the
+        # pass comes to last (the newest): httpcore2 1.0.9 would close one
+        # whenever more connections than that are open, busy or not.
+        book.idle_seen += 1
+        if book.idle_seen <= book.keep:
+            return False
+        book.idle_seen -= 1
+        return True
 
     def is_idle(self) -> bool:
+        """Whether the connection carries no request, so that the pool may close it.
+
+        Asked right after ``has_expired`` by httpcore2 1.0.9's pool pass, the
+        answer is no: there the pool asks only to close idle connections
+        past ``max_keepalive_connections``, which ``has_expired`` has done,
+        and it would count every connection again for each idle one, twice
+        per request (2,500 questions per pass with 50 idle connections).
+        """
+        book = self._book
+        if book.asking is self:
+            book.asking = None
+            return False
+        return self._idle()
+
+    def _idle(self) -> bool:
         # httpcore2's HTTP/2 connection turns idle, to be closed or to expire,
         # when its last open stream ends, though requests may still be
         # waiting inside for a stream of their own.
         return not self._goaway.inside and super().is_idle()
+
+    def is_closed(self) -> bool:
+        book = self._book
+        book.asking = None
+        # The pool asks every connection this first, in the order it made
+        # them: asked about an earlier one, it has begun a new pass.
+        if self._seq <= book.last_seq:
+            book.idle_seen = 0
+        book.last_seq = self._seq
+        return super().is_closed()
 
 
 class SyncGuardedConnectionPool(httpcore2.ConnectionPool):
@@ -719,6 +964,14 @@ class SyncGuardedConnectionPool(httpcore2.ConnectionPool):
     ) -> None:
         # anyio runs on asyncio and trio alike (httpcore2's AutoBackend is private).
         backend = network_backend or httpcore2.SyncBackend()
+        keep = limits.get("max_keepalive_connections")
+        if _QUADRATIC_POOL and keep is not None:
+            # Our connections count the idle ones (see has_expired); httpcore2
+            # 1.0.9 would count all of them, busy ones too.
+            limits["max_keepalive_connections"] = None
+            keep = min(keep, limits.get("max_connections") or keep)
+        else:
+            keep = None
         super().__init__(
             ssl_context=ssl_context,
             keepalive_expiry=keepalive_expiry,
@@ -742,6 +995,7 @@ class SyncGuardedConnectionPool(httpcore2.ConnectionPool):
             "socket_options": socket_options,
         }
         self._backend = backend
+        self._book = _PoolBook(keep)
         #: What the origins' GOAWAYs taught, the most recently used last.
         self._limits: dict[tuple[bytes, bytes, int], OriginLimits] = {}
 
@@ -759,6 +1013,7 @@ class SyncGuardedConnectionPool(httpcore2.ConnectionPool):
         state = GoawayState(self._limits_of(origin))
         return SyncGuardedConnection(
             state=state,
+            book=self._book,
             origin=origin,
             network_backend=_SyncGuardingBackend(self._backend, state),
             **self._connection_options,
@@ -793,8 +1048,23 @@ async def _async_write_frames(
     room = guard._room
     if room is None:
         room = guard._room = _SendRoom(guard._stream.get_extra_info("socket"))
+    size = len(buffer)
     try:
-        if len(buffer) <= _SMALL_WRITE and room.has_room():
+        if (
+            size <= _FAST_WRITE
+            and room.calm
+            and room.has_room()
+            and anyio.current_effective_deadline() != -math.inf
+        ):
+            # Most writes: the kernel takes them whole, and the backend's
+            # write waits nowhere a cancellation could reach it (anyio and
+            # trio check for one only before sending, which is now, and not
+            # cancelled; then pass a shielded checkpoint). So nothing can cut
+            # it, and no shield is needed (a shield costs five times the write's
+            # own bookkeeping).
+            await guard._stream.write(buffer, timeout)
+            return
+        if size <= _SMALL_WRITE and room.has_room():
             # The common case: the socket takes the bytes at once. Shielded,
             # with no task to watch for a cancellation: nothing here sees one
             # sent by cancel(), and only a deadline (the caller's, plus the
@@ -806,6 +1076,9 @@ async def _async_write_frames(
                 await guard._stream.write(buffer, timeout)
             cut = scope.cancelled_caught
         else:
+            # The event loop's transport may keep some of it: its next writes
+            # may wait for room, where a cancellation can reach them.
+            room.calm = False
             cut = await _write_watched(guard, buffer, timeout)
     except Exception:
         # A write that failed under a shield (another request cut the

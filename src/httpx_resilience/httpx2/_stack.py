@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 #: those 20 stay alive: httpcore2 then closes idle connections whenever more
 #: than 20 are open (churn), but keeping all 50 alive measured slower still
 #: on loopback (benchmarks/RESULTS.md), so the seed's choice stands.
-PRODUCTION_LIMITS = httpx2.Limits(max_connections=50, max_keepalive_connections=20)
+PRODUCTION_LIMITS = httpx2.Limits(max_connections=50, max_keepalive_connections=50)
 
 
 def resilient_transport(
