@@ -212,9 +212,8 @@ class RetryTransport(Layer):
                 else:
                     step = self._next_wait(request, policy, state, outcome, budget, limit)
                     if isinstance(step, str):
-                        if (
-                            events or step is not _STOPPED
-                        ):  # a policy of one attempt gives nothing up
+                        # A policy of one attempt gives nothing up.
+                        if events or step is not _STOPPED:
                             _log_gave_up(request, sends, reason, why=step)
                         break
                     wait = step
@@ -333,9 +332,8 @@ class RetryTransport(Layer):
                 else:
                     step = self._next_wait(request, policy, state, outcome, budget, limit)
                     if isinstance(step, str):
-                        if (
-                            events or step is not _STOPPED
-                        ):  # a policy of one attempt gives nothing up
+                        # A policy of one attempt gives nothing up.
+                        if events or step is not _STOPPED:
                             _log_gave_up(request, sends, reason, why=step)
                         break
                     wait = step
