@@ -182,7 +182,10 @@ class RateLimitTransport(Layer):
         if response.status_code in self._pause_statuses:
             await self._async_pause_for(key, response)
         if held:
-            response.stream = _Releasing(response.stream, self._async_slots.release)  # type: ignore[union-attr]
+            if response.is_closed:  # a body already in memory: nothing more in flight
+                self._async_slots.release()  # type: ignore[union-attr]
+            else:
+                response.stream = _Releasing(response.stream, self._async_slots.release)  # type: ignore[union-attr]
         return response
 
     async def _async_admit(
@@ -228,7 +231,10 @@ class RateLimitTransport(Layer):
         if response.status_code in self._pause_statuses:
             self._pause_for(key, response)
         if held:
-            response.stream = _Releasing(response.stream, self._slots.release)  # type: ignore[union-attr]
+            if response.is_closed:  # a body already in memory: nothing more in flight
+                self._slots.release()  # type: ignore[union-attr]
+            else:
+                response.stream = _Releasing(response.stream, self._slots.release)  # type: ignore[union-attr]
         return response
 
     def _admit(self, request: httpx2.Request, key: str, start: float, limit: float) -> None:
