@@ -206,20 +206,21 @@ async def test_a_failed_request_gives_its_slot_back() -> None:
 
 
 async def test_the_stack_puts_the_limiter_inside_the_retry_layer() -> None:
-    # Every attempt passes the limiter: the retry after a 503 waits its turn too.
+    # Every attempt passes the limiter: the retry after the 503 is over the
+    # rate (and so are the ones after it), and is never sent.
     script, sleep = Script([503, 200]), FakeSleep()
     transport = resilient_transport(
         base=script.transport(),
-        rate_limit=RateLimitPolicy(rate=1, burst=1),
+        rate_limit=RateLimitPolicy(rate=1, burst=1, wait=False),
         sleep=sleep,
         sync_sleep=sleep,
         tracing=False,
     )
     async with httpx.AsyncClient(transport=transport) as client:
-        response = await client.get(URL)
-    assert response.status_code == 200
-    assert response.extensions["retry"].attempts == 2
-    assert len(script.requests) == 2
+        with pytest.raises(RateLimitExceeded):
+            await client.get(URL)
+    assert len(script.requests) == 1
+    assert len(sleep.calls) == 2  # the retry layer's backoffs, not the limiter's
 
 
 # unasync: end
@@ -324,20 +325,21 @@ def test_sync_a_failed_request_gives_its_slot_back() -> None:
 
 
 def test_sync_the_stack_puts_the_limiter_inside_the_retry_layer() -> None:
-    # Every attempt passes the limiter: the retry after a 503 waits its turn too.
+    # Every attempt passes the limiter: the retry after the 503 is over the
+    # rate (and so are the ones after it), and is never sent.
     script, sleep = Script([503, 200]), FakeSleep()
     transport = resilient_transport(
         base=script.transport(),
-        rate_limit=RateLimitPolicy(rate=1, burst=1),
+        rate_limit=RateLimitPolicy(rate=1, burst=1, wait=False),
         sleep=sleep,
         sync_sleep=sleep,
         tracing=False,
     )
     with httpx.Client(transport=transport) as client:
-        response = client.get(URL)
-    assert response.status_code == 200
-    assert response.extensions["retry"].attempts == 2
-    assert len(script.requests) == 2
+        with pytest.raises(RateLimitExceeded):
+            client.get(URL)
+    assert len(script.requests) == 1
+    assert len(sleep.calls) == 2  # the retry layer's backoffs, not the limiter's
 
 
 # unasync: generated end
