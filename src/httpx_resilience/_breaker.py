@@ -124,6 +124,13 @@ class CircuitBreakerTransport(Layer):
     with ``state()``, ``retry_in()`` and ``states()`` for health reports. ``clock`` is the
     monotonic time in seconds (a step back or NaN counts as no time passed).
 
+    ``state`` is where the circuits live: this process's memory by default,
+    or a ``RedisState`` that every process using its prefix shares, so that
+    the fleet's failures open the circuit for all of them (docs/fleet.md).
+    On shared state each request makes one call to the backend (a failure
+    a second one), and a backend that does not answer leaves the decision
+    to this process's own circuits.
+
     About ``max_origins`` circuits are kept. A new origin past that makes
     room by forgetting the least recently used closed circuit; an open or
     half-open one is never forgotten, since forgetting it would let the

@@ -207,7 +207,7 @@ if ARGV[1] == 'pause' then
   return 0
 end
 local paused = tonumber(redis.call('GET', pause_key))
-if paused and paused > now then return string.format('%.3f', paused - now) end
+if paused and paused > now then return string.format('%.3f', math.max(paused - now, 0.001)) end
 local interval = tonumber(ARGV[2])
 if interval <= 0 then return 0 end
 local tat = tonumber(redis.call('GET', key))

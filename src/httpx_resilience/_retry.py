@@ -83,6 +83,11 @@ class RetryTransport(Layer):
     one by default, nothing without OpenTelemetry), and added as a span
     event to the caller's current span. A first attempt that succeeds does
     none of this.
+
+    With ``state=RedisState(...)`` the policy's retry budget is shared by
+    every process using its prefix (docs/fleet.md): requests are counted
+    locally and settled when a retry takes tokens, so a request that
+    succeeds makes no call to the backend.
     """
 
     def __init__(
