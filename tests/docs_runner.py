@@ -28,6 +28,7 @@ import ipaddress
 import json
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -124,11 +125,11 @@ def run_doctest(block: dict[str, Any]) -> int:
 
 
 def run_pytest(block: dict[str, Any]) -> int:
-    import pytest
-
+    # A process of its own, as a user runs it: plugins load before anything is imported.
     module = Path("test_example.py")
     module.write_text(block["code"])
-    return int(pytest.main(["-q", "-p", "no:cacheprovider", str(module)]))
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(module)]
+    return subprocess.run(command, check=False).returncode
 
 
 def main(spec_path: str) -> int:
@@ -143,13 +144,15 @@ def main(spec_path: str) -> int:
         tls_port=443,
         http_port=80,
     )
-    with server:
-        blocks = spec["blocks"]
-        if spec["mode"] == "pytest":
-            return run_pytest(blocks[-1])
-        if blocks[-1]["lang"] == "pycon":
-            return run_doctest(blocks[-1])
-        run_module(blocks)
+    # Never stopped: the process ends with the example, and a stop would wait
+    # for the TLS goodbyes of clients the example left open, as users do.
+    server.start()
+    blocks = spec["blocks"]
+    if spec["mode"] == "pytest":
+        return run_pytest(blocks[-1])
+    if blocks[-1]["lang"] == "pycon":
+        return run_doctest(blocks[-1])
+    run_module(blocks)
     return 0
 
 

@@ -187,6 +187,9 @@ def child(block: Block, world: Path, workdir: Path) -> tuple[list[str], dict[str
         sys.executable,
         "-W",
         "error",
+        # A long-lived client left open at exit, as applications leave theirs.
+        "-W",
+        "ignore::ResourceWarning",
         "-m",
         "tests.docs_runner",
         str(spec),
@@ -244,6 +247,7 @@ def test_doc_block(block: Block, docs_world: Path, tmp_path: Path) -> None:
             check=False,
         )
         returncode, output = result.returncode, result.stdout
+    print(output, end="")  # what the example printed: pytest -rA shows it
     assert returncode == 0, f"{block.id} failed (exit {returncode}):\n{output}"
 
 
