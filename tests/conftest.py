@@ -38,8 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
 DOC_BLOCK = "test_docs.py::test_doc_block["
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    config.stash[_doc_blocks] = sum(DOC_BLOCK in item.nodeid for item in items)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_doc_blocks] = sum(DOC_BLOCK in item.nodeid for item in session.items)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if FLAVOUR == "httpx":
         return
     skip = pytest.mark.skip(reason=f"the tool it uses knows httpx only, not {FLAVOUR}")

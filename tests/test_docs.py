@@ -13,8 +13,8 @@ a block changes how it runs (docs/contributing.md lists these directives):
   (SIGINT) stops it once it has printed its first line, and it must then
   end cleanly.
 
-A block that imports httpx2, openai or anthropic is skipped where they are
-not installed (Python 3.10). The count of blocks is printed at the end of the
+A block that imports httpx2, openai, anthropic or vcrpy is skipped where
+they are not installed (Python 3.10). The count of blocks is printed at the end of the
 run (conftest.py).
 """
 
@@ -39,8 +39,8 @@ import trustme
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUNNABLE = {"python", "pycon"}
-#: Blocks may use these only where they are installed (httpx2 and the SDKs need 3.11+).
-OPTIONAL = {"httpx2", "httpcore2", "openai", "anthropic"}
+#: Blocks may use these only where they are installed (each needs Python 3.11+).
+OPTIONAL = {"httpx2", "httpcore2", "openai", "anthropic", "vcr"}
 #: The SDKs talk to these hosts on their own.
 SDK_HOSTS = ("api.openai.com", "api.anthropic.com")
 DIRECTIVES = {"continue", "pytest", "interrupt"}
@@ -259,3 +259,70 @@ def test_every_block_is_collected() -> None:
     )
     assert len(BLOCKS) == fences
     assert all(block.code.strip() for block in BLOCKS)
+
+
+_LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR"}
+_LEVELS["exception"] = "ERROR"
+
+
+def log_calls() -> list[tuple[str, str, str, set[str]]]:
+    """(where, level, message format, extra= keys) of every record the package logs."""
+    package = ROOT / "src" / "httpx_resilience"
+    calls = []
+    for path in sorted(package.rglob("*.py")):
+        if "httpx2" in path.relative_to(package).parts:
+            continue  # generated from the modules read here
+        for function in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            # `extra = {...}` built before the call, as the breaker does.
+            extras = {
+                target.id: node.value
+                for node in ast.walk(function)
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict)
+                for target in node.targets
+                if isinstance(target, ast.Name)
+            }
+            for node in ast.walk(function):
+                if not (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "logger"
+                    and node.func.attr in _LEVELS
+                ):
+                    continue
+                message = node.args[0]
+                assert isinstance(message, ast.Constant), f"{path}:{node.lineno}"
+                keys: set[str] = set()
+                for keyword in node.keywords:
+                    if keyword.arg != "extra":
+                        continue
+                    value = keyword.value
+                    if isinstance(value, ast.Name):
+                        value = extras[value.id]
+                    assert isinstance(value, ast.Dict), f"{path}:{node.lineno}"
+                    keys = {k.value for k in value.keys if isinstance(k, ast.Constant)}
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                calls.append((where, _LEVELS[node.func.attr], message.value, keys))
+    return calls
+
+
+def test_observability_lists_every_log_record() -> None:
+    # docs/observability.md promises the list is complete: each record's
+    # message, level and attributes are on one row of its table.
+    rows = [
+        line
+        for line in (ROOT / "docs" / "observability.md").read_text().splitlines()
+        if line.startswith("|")
+    ]
+    calls = log_calls()
+    assert len(calls) >= 7
+    for where, level, message, keys in calls:
+        pattern = ".*?".join(re.escape(part) for part in re.split(r"%[-.\d]*[sdfr]", message))
+        matching = [row for row in rows if re.search(pattern, row)]
+        assert matching, f"{where}: no row of the logs table shows {message!r}"
+        [row] = matching
+        assert f"`{level}`" in row, f"{where}: the row does not say {level}"
+        missing = {key for key in keys if f"`{key}`" not in row}
+        assert not missing, f"{where}: the row does not list {sorted(missing)}"
