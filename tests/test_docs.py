@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,12 +166,12 @@ def child(block: Block, world: Path, workdir: Path) -> tuple[list[str], dict[str
             }
         )
     )
+    # The machine's settings that would change what an example does are left out.
     env = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("OTEL_", "HTTPX_RESILIENCE_", "PYTEST_"))
-        and key not in ("SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
-        and key.upper() not in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+        and key.upper() not in ("SSL_CERT_DIR", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
     }
     env.update(
         SSL_CERT_FILE=str(world / "ca.pem"),
@@ -208,14 +209,16 @@ def interrupted(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int
         text=True,
     ) as process:
         assert process.stdout is not None
-        first = process.stdout.readline()
-        if first:
-            process.send_signal(signal.SIGINT)
+        # An example that never prints would hold readline() for ever.
+        watchdog = threading.Timer(TIMEOUT, process.kill)
+        watchdog.start()
         try:
-            rest, _ = process.communicate(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            first = process.stdout.readline()
+            if first and process.poll() is None:
+                process.send_signal(signal.SIGINT)
             rest, _ = process.communicate()
+        finally:
+            watchdog.cancel()
         return process.returncode, first + rest
 
 
