@@ -8,7 +8,8 @@ exists: whatever host an example names, nothing can leave the machine. Here:
   (TLS, HTTP/2 and HTTP/1.1, a certificate for every host name the examples
   use, from a CA that ``SSL_CERT_FILE`` makes trusted) and 127.0.0.1:80
   (plain HTTP/1.1), answering every request with 200 and a small JSON
-  object;
+  object; for an example that uses Redis, a redis-server too, at
+  ``REDIS_URL``;
 - every host name resolves to 127.0.0.1 (``socket.getaddrinfo``, which the
   library's default resolvers, httpcore and the SDKs all end in);
 - the example runs: a ```` ```python ```` block as a module (top-level
@@ -22,10 +23,12 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import atexit
 import doctest
 import fcntl
 import ipaddress
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -36,6 +39,7 @@ from typing import Any
 
 import trustme
 
+from .redis_server import RedisServer
 from .servers import ServerThread
 
 LOOPBACK = "127.0.0.1"
@@ -147,6 +151,12 @@ def main(spec_path: str) -> int:
     # Never stopped: the process ends with the example, and a stop would wait
     # for the TLS goodbyes of clients the example left open, as users do.
     server.start()
+    if spec["redis"] is not None:
+        # The fleet examples use the Redis at REDIS_URL, as their page says.
+        redis = RedisServer(spec["redis"])
+        redis.start()
+        atexit.register(redis.stop)
+        os.environ["REDIS_URL"] = redis.url
     blocks = spec["blocks"]
     if spec["mode"] == "pytest":
         return run_pytest(blocks[-1])

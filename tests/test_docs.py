@@ -13,8 +13,10 @@ a block changes how it runs (docs/contributing.md lists these directives):
   (SIGINT) stops it once it has printed its first line, and it must then
   end cleanly.
 
-A block that imports httpx2, openai, anthropic or vcrpy is skipped where
-they are not installed (Python 3.10). The count of blocks is printed at the end of the
+A block that uses Redis gets a redis-server of its own at ``REDIS_URL``
+(skipped where redis-server is not installed). A block that imports httpx2,
+openai, anthropic or vcrpy is skipped where they are not installed (Python
+3.10). The count of blocks is printed at the end of the
 run (conftest.py).
 """
 
@@ -161,6 +163,7 @@ def child(block: Block, world: Path, workdir: Path) -> tuple[list[str], dict[str
                 ],
                 "mode": block.directive or "run",
                 "identities": identities(),
+                "redis": shutil.which("redis-server") if needs_redis(block) else None,
                 "ca_cert": str(world / "ca.pem"),
                 "ca_key": str(world / "ca-key.pem"),
             }
@@ -222,7 +225,15 @@ def interrupted(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int
         return process.returncode, first + rest
 
 
+def needs_redis(block: Block) -> bool:
+    return any(
+        "redis" in imported(part) or "RedisState" in part.code for part in (*block.chain, block)
+    )
+
+
 def _skip_reason(block: Block) -> str | None:
+    if needs_redis(block) and shutil.which("redis-server") is None:
+        return f"{block.id} uses Redis, and redis-server is not installed (.ci/run installs it)"
     for part in (*block.chain, block):
         for name in sorted(imported(part) & OPTIONAL):
             if importlib.util.find_spec(name) is None:
