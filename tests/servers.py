@@ -301,7 +301,8 @@ class _ProblemLog(logging.Handler):
 class ServerThread:
     """Hypercorn serving `app` on a TLS and a plain listener from its own thread.
 
-    Both ports are bound in the constructor, so the URLs are valid before start().
+    Both ports are bound in the constructor (ephemeral ones unless given), so the
+    URLs are valid before start(). The certificate names `identities`.
     Use it as a context manager, or call start() and stop().
 
     On stop(), requests still running get `graceful_timeout` seconds to finish and
@@ -316,12 +317,15 @@ class ServerThread:
         keep_alive_timeout: float | None = None,
         graceful_timeout: float = 1.0,
         ca: trustme.CA | None = None,
+        identities: Sequence[str] = ("localhost", LOOPBACK),
+        tls_port: int = 0,
+        http_port: int = 0,
         **overrides: Any,
     ) -> None:
         self.app = app
         self.ca = ca if ca is not None else _shared_ca()
         self.ssl_context = ssl.create_default_context(cadata=self.ca.cert_pem.bytes().decode())
-        self._cert = self.ca.issue_cert("localhost", LOOPBACK)
+        self._cert = self.ca.issue_cert(*identities)
         self._graceful_timeout = graceful_timeout
 
         self._config = Config()
@@ -341,8 +345,8 @@ class ServerThread:
                 raise TypeError(f"unknown Hypercorn config option {name!r}")
             setattr(self._config, name, value)
 
-        self._tls_sock = socket.create_server((LOOPBACK, 0))
-        self._plain_sock = socket.create_server((LOOPBACK, 0))
+        self._tls_sock = socket.create_server((LOOPBACK, tls_port))
+        self._plain_sock = socket.create_server((LOOPBACK, http_port))
         self.tls_port: int = self._tls_sock.getsockname()[1]
         self.http_port: int = self._plain_sock.getsockname()[1]
         self.tls_url = f"https://localhost:{self.tls_port}"

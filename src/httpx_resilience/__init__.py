@@ -11,13 +11,15 @@ from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from ._budget import RetryBudget
 from ._circuit import CircuitSnapshot, CircuitState
 from ._dns import DNSCache, Resolver, default_resolver
-from ._errors import CircuitOpenError, DeadlineExceeded
+from ._errors import CircuitOpenError, DeadlineExceeded, RateLimitExceeded
 from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
 from ._network import TimedNetworkBackend
+from ._ratelimit import RateLimitPolicy, RateLimitTransport
 from ._records import HedgeHistory, RetryEvent, RetryHistory, Timings
 from ._redact import SENSITIVE_QUERY_PARAMETERS
+from ._redis import RedisState
 from ._request_id import RequestIdTransport
 from ._request_ids import current_request_id, new_request_id, request_id
 from ._retry import RetryTransport
@@ -33,6 +35,7 @@ from ._retry_policy import (
     retry_reason,
 )
 from ._stack import PRODUCTION_LIMITS, resilient_transport
+from ._state import MemoryState, StateBackend
 from ._tracing import TracingTransport
 from ._transport import HTTPTransport
 from ._version import VERSION as __version__  # noqa: F401 - public, not in __all__
@@ -60,6 +63,11 @@ __all__ = [
     "HedgingTransport",
     "IdempotencyKeyTransport",
     "Layer",
+    "MemoryState",
+    "RateLimitExceeded",
+    "RateLimitPolicy",
+    "RateLimitTransport",
+    "RedisState",
     "RequestIdTransport",
     "Resolver",
     "RetryBudget",
@@ -67,6 +75,7 @@ __all__ = [
     "RetryHistory",
     "RetryPolicy",
     "RetryTransport",
+    "StateBackend",
     "TimedNetworkBackend",
     "Timings",
     "TracingTransport",

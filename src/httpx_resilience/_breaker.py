@@ -15,12 +15,19 @@ import httpx
 from . import _checks, _otel
 from ._circuit import Circuit, CircuitSnapshot, CircuitState
 from ._classify import unprocessed_reason
-from ._errors import CircuitOpenError
+from ._errors import CircuitOpenError, RateLimitExceeded
 from ._keys import CIRCUIT
 from ._layer import Layer, Transport, wrong_policy
 from ._lru import make_room
 from ._origin import Origin, format_origin, origin_of
 from ._semconv import DEFAULT_PORTS, SERVER_ADDRESS, SERVER_PORT
+from ._state import (
+    MEMORY,
+    AsyncCircuitStore,
+    CircuitReply,
+    CircuitStore,
+    StateBackend,
+)
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -117,6 +124,13 @@ class CircuitBreakerTransport(Layer):
     with ``state()``, ``retry_in()`` and ``states()`` for health reports. ``clock`` is the
     monotonic time in seconds (a step back or NaN counts as no time passed).
 
+    ``state`` is where the circuits live: this process's memory by default,
+    or a ``RedisState`` that every process using its prefix shares, so that
+    the fleet's failures open the circuit for all of them (docs/fleet.md).
+    On shared state each request makes one call to the backend (a failure
+    a second one), and a backend that does not answer leaves the decision
+    to this process's own circuits.
+
     About ``max_origins`` circuits are kept. A new origin past that makes
     room by forgetting the least recently used closed circuit; an open or
     half-open one is never forgotten, since forgetting it would let the
@@ -133,10 +147,13 @@ class CircuitBreakerTransport(Layer):
         clock: Callable[[], float] = time.monotonic,
         meter_provider: MeterProvider | None = None,
         max_origins: int = 1024,
+        state: StateBackend | None = None,
     ) -> None:
         super().__init__(transport)
         if policy is not None and not isinstance(policy, CircuitBreakerPolicy):
             raise TypeError(wrong_policy(CircuitBreakerPolicy, policy))
+        if state is not None and not isinstance(state, StateBackend):
+            raise TypeError(f"state must be a MemoryState or RedisState, got {state!r}")
         max_origins = _checks.count("max_origins", max_origins, minimum=1)
         self._policy = policy or DEFAULT_BREAKER_POLICY
         self._clock = clock
@@ -146,6 +163,15 @@ class CircuitBreakerTransport(Layer):
         self._lock = threading.Lock()
         self._statuses = cast(frozenset[int], self._policy.statuses)
         self._exceptions = cast(tuple[type[Exception], ...], self._policy.exceptions)
+        stores = (state or MEMORY).circuits(self._policy)
+        self._async_store: AsyncCircuitStore | None = None
+        self._store: CircuitStore | None = None
+        if stores is not None:
+            self._async_store, self._store = stores
+        # Shared state only: per origin, the circuit as this process last saw
+        # it, and the successes not yet counted (they go with the next acquire).
+        self._views: dict[Origin, _View] = {}
+        self._successes: dict[Origin, list[int]] = {}
         meter = _otel.get_meter(meter_provider)
         if meter is None:
             self._transitions = self._rejections = None
@@ -167,6 +193,11 @@ class CircuitBreakerTransport(Layer):
 
     # unasync: begin
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._async_store is not None:
+            return await self._async_shared_request(request)
+        return await self._async_local_request(request)
+
+    async def _async_local_request(self, request: httpx.Request) -> httpx.Response:
         circuit, permit = self._admit(request)
         try:
             response = await self._async_next.handle_async_request(request)
@@ -176,9 +207,45 @@ class CircuitBreakerTransport(Layer):
         self._answered(request, circuit, permit, response)
         return response
 
+    async def _async_shared_request(self, request: httpx.Request) -> httpx.Response:
+        """The same on shared state: one call to the backend per request that succeeds."""
+        assert self._async_store is not None
+        origin = origin_of(request.url)
+        key = format_origin(origin)
+        successes, generation = self._take_successes(origin)
+        reply = await self._async_store.acquire(key, successes, generation)
+        if reply is None:  # the backend did not answer: this process decides alone
+            self._views.pop(origin, None)
+            return await self._async_local_request(request)
+        permit = self._admit_shared(request, origin, reply)
+        probe = reply.state != "closed"
+        try:
+            response = await self._async_next.handle_async_request(request)
+        except Exception as exc:
+            if self._is_failure(exc):
+                ended = await self._async_store.record(key, permit, True)
+                self._ended(request, origin, ended, failed=True)
+            elif probe:
+                await self._async_store.release(key, permit)
+            # Cancelled (not an Exception): a probe's slot comes back after
+            # a break at most, when the backend gives it to another caller.
+            raise
+        failed = response.status_code in self._statuses
+        if failed or probe:
+            ended = await self._async_store.record(key, permit, failed)
+            self._ended(request, origin, ended, failed=failed)
+        else:
+            self._succeeded(origin, permit)
+        return response
+
     # unasync: end
     # unasync: generated from the block above by scripts/generate.py; do not edit
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._store is not None:
+            return self._shared_request(request)
+        return self._local_request(request)
+
+    def _local_request(self, request: httpx.Request) -> httpx.Response:
         circuit, permit = self._admit(request)
         try:
             response = self._next.handle_request(request)
@@ -188,6 +255,38 @@ class CircuitBreakerTransport(Layer):
         self._answered(request, circuit, permit, response)
         return response
 
+    def _shared_request(self, request: httpx.Request) -> httpx.Response:
+        """The same on shared state: one call to the backend per request that succeeds."""
+        assert self._store is not None
+        origin = origin_of(request.url)
+        key = format_origin(origin)
+        successes, generation = self._take_successes(origin)
+        reply = self._store.acquire(key, successes, generation)
+        if reply is None:  # the backend did not answer: this process decides alone
+            self._views.pop(origin, None)
+            return self._local_request(request)
+        permit = self._admit_shared(request, origin, reply)
+        probe = reply.state != "closed"
+        try:
+            response = self._next.handle_request(request)
+        except Exception as exc:
+            if self._is_failure(exc):
+                ended = self._store.record(key, permit, True)
+                self._ended(request, origin, ended, failed=True)
+            elif probe:
+                self._store.release(key, permit)
+            # Cancelled (not an Exception): a probe's slot comes back after
+            # a break at most, when the backend gives it to another caller.
+            raise
+        failed = response.status_code in self._statuses
+        if failed or probe:
+            ended = self._store.record(key, permit, failed)
+            self._ended(request, origin, ended, failed=failed)
+        else:
+            self._succeeded(origin, permit)
+        return response
+
+    # unasync: generated end
     # unasync: generated end
 
     def _admit(self, request: httpx.Request) -> tuple[Circuit, int]:
@@ -211,11 +310,23 @@ class CircuitBreakerTransport(Layer):
         # stream) says nothing bad about the server's health; a cancelled one
         # gave no verdict, but a probe slot must come back.
         with self._lock:
-            if isinstance(exc, self._exceptions) and unprocessed_reason(exc) is None:
+            if self._is_failure(exc):
                 circuit.record(permit, True, self._clock())
                 request.extensions[CIRCUIT] = self
             else:
                 circuit.release(permit)
+
+    def _is_failure(self, exc: BaseException) -> bool:
+        """Whether an exception counts against the origin.
+
+        Not a request the server provably never processed (GOAWAY, a refused
+        stream), nor one a rate limiter inside this layer kept back.
+        """
+        return (
+            isinstance(exc, self._exceptions)
+            and unprocessed_reason(exc) is None
+            and not isinstance(exc, RateLimitExceeded)
+        )
 
     def _answered(
         self, request: httpx.Request, circuit: Circuit, permit: int, response: httpx.Response
@@ -226,14 +337,71 @@ class CircuitBreakerTransport(Layer):
         if failed:
             request.extensions[CIRCUIT] = self
 
+    # --- shared state -----------------------------------------------------------
+
+    def _take_successes(self, origin: Origin) -> tuple[int, int]:
+        """The successes not yet counted for ``origin``, and the generation they were in."""
+        if not self._successes:
+            return 0, 0
+        with self._lock:
+            pending = self._successes.pop(origin, None)
+        return (0, 0) if pending is None else (pending[1], pending[0])
+
+    def _succeeded(self, origin: Origin, permit: int) -> None:
+        """A success on shared state: counted with the origin's next acquire, not now."""
+        with self._lock:
+            pending = self._successes.get(origin)
+            if pending is not None and pending[0] == permit:
+                pending[1] += 1
+            elif pending is None and len(self._successes) >= self._max_origins:
+                return  # too many origins in flight to keep count of: successes only
+            else:
+                self._successes[origin] = [permit, 1]
+
+    def _admit_shared(self, request: httpx.Request, origin: Origin, reply: CircuitReply) -> int:
+        """The permit the backend gave, or the ``CircuitOpenError`` for its refusal."""
+        self._saw(origin, reply)
+        if reply.permit is None:
+            if self._rejections is not None:
+                self._rejections.add(1, _attributes(origin))
+            raise self._open_error(
+                origin, CircuitState(reply.state), reply.retry_in, reply.tripped, request
+            )
+        return reply.permit
+
+    def _ended(
+        self, request: httpx.Request, origin: Origin, reply: CircuitReply | None, *, failed: bool
+    ) -> None:
+        if reply is not None:
+            self._saw(origin, reply)
+        if failed:
+            request.extensions[CIRCUIT] = self
+
+    def _saw(self, origin: Origin, reply: CircuitReply) -> None:
+        """Remember the shared circuit as the backend answered; report a change this call made."""
+        state = CircuitState(reply.state)
+        view = _View(state, self._clock() + reply.retry_in, reply.tripped)
+        with self._lock:
+            if origin not in self._views and len(self._views) >= self._max_origins:
+                self._views.pop(next(iter(self._views)))
+            self._views[origin] = view
+        if reply.previous != reply.state:
+            self._report(origin, CircuitState(reply.previous), state, reply.tripped)
+
     def state(self, where: Origin | httpx.URL | str) -> CircuitState:
         """The state of the circuit for a URL's origin (or an origin tuple).
 
         >>> breaker.state("https://api.example.com")  # doctest: +SKIP
         <CircuitState.CLOSED: 'closed'>
+
+        On shared state: as this process last saw it.
         """
+        origin = _origin(where)
         with self._lock:
-            circuit = self._circuits.get(_origin(where))
+            view = self._views.get(origin)
+            if view is not None:
+                return view.state_at(self._clock())
+            circuit = self._circuits.get(origin)
             return CircuitState.CLOSED if circuit is None else circuit.state_at(self._clock())
 
     def retry_in(self, where: Origin | httpx.URL | str) -> float:
@@ -242,8 +410,12 @@ class CircuitBreakerTransport(Layer):
         >>> breaker.retry_in("https://api.example.com")  # doctest: +SKIP
         7.5
         """
+        origin = _origin(where)
         with self._lock:
-            circuit = self._circuits.get(_origin(where))
+            view = self._views.get(origin)
+            if view is not None:
+                return view.retry_in(self._clock())
+            circuit = self._circuits.get(origin)
             if circuit is None or circuit.state is CircuitState.CLOSED:
                 return 0.0
             if circuit.state is CircuitState.OPEN:
@@ -257,10 +429,19 @@ class CircuitBreakerTransport(Layer):
         >>> states = breaker.states()  # doctest: +SKIP
         >>> {format_origin(o): s.state.value for o, s in states.items()}  # doctest: +SKIP
         {'https://api.example.com': 'open'}
+
+        On shared state: the circuits as this process last saw them, with the
+        failures that opened them last (the window's counts live in the backend).
         """
         with self._lock:
             now = self._clock()
-            return {origin: circuit.snapshot(now) for origin, circuit in self._circuits.items()}
+            states = {origin: circuit.snapshot(now) for origin, circuit in self._circuits.items()}
+            for origin, view in self._views.items():
+                state = view.state_at(now)
+                retry_in = view.retry_in(now) if state is CircuitState.OPEN else None
+                failures, calls = view.tripped
+                states[origin] = CircuitSnapshot(origin, state, calls, failures, retry_in)
+            return states
 
     def _add(self, origin: Origin) -> Circuit:
         make_room(self._circuits, self._max_origins, _forgettable)
@@ -271,9 +452,19 @@ class CircuitBreakerTransport(Layer):
         origin = circuit.origin
         if self._rejections is not None:
             self._rejections.add(1, _attributes(origin))
-        if circuit.state is CircuitState.OPEN:
-            retry_in = circuit.break_left(self._clock())
-            failures, calls = circuit.tripped
+        retry_in = circuit.break_left(self._clock())
+        return self._open_error(origin, circuit.state, retry_in, circuit.tripped, request)
+
+    def _open_error(
+        self,
+        origin: Origin,
+        state: CircuitState,
+        retry_in: float,
+        tripped: tuple[int, int],
+        request: httpx.Request,
+    ) -> CircuitOpenError:
+        if state is CircuitState.OPEN:
+            failures, calls = tripped
             message = (
                 f"circuit breaker open for {format_origin(origin)}: {failures} of the last "
                 f"{calls} calls failed; the next probe goes out in {retry_in:.1f} s"
@@ -282,13 +473,17 @@ class CircuitBreakerTransport(Layer):
             retry_in = 0.0
             message = (
                 f"circuit breaker half-open for {format_origin(origin)}: "
-                f"{circuit.policy.probes} probe(s) in flight decide whether it closes"
+                f"{self._policy.probes} probe(s) in flight decide whether it closes"
             )
         return CircuitOpenError(message, origin=origin, retry_in=retry_in, request=request)
 
     def _changed(self, circuit: Circuit, old: CircuitState, new: CircuitState) -> None:
+        self._report(circuit.origin, old, new, circuit.tripped)
+
+    def _report(
+        self, origin: Origin, old: CircuitState, new: CircuitState, tripped: tuple[int, int]
+    ) -> None:
         """Tell the log and the transitions counter about one state change."""
-        origin = circuit.origin
         if self._transitions is not None:
             attributes = _attributes(origin)
             attributes[CIRCUIT_STATE] = new.value
@@ -296,7 +491,7 @@ class CircuitBreakerTransport(Layer):
         where = format_origin(origin)
         extra = {"origin": where, "circuit_state": new.value, "previous_state": old.value}
         if new is CircuitState.OPEN:
-            failures, calls = circuit.tripped
+            failures, calls = tripped
             if old is CircuitState.HALF_OPEN:
                 reason = "a probe failed"
             else:
@@ -305,13 +500,34 @@ class CircuitBreakerTransport(Layer):
                 "circuit breaker opened for %s: %s; failing calls fast for %.1f s",
                 where,
                 reason,
-                circuit.policy.break_duration,
+                self._policy.break_duration,
                 extra=extra,
             )
         elif new is CircuitState.HALF_OPEN:
             logger.info("circuit breaker half-open for %s: probing", where, extra=extra)
         else:
             logger.info("circuit breaker closed for %s: a probe succeeded", where, extra=extra)
+
+
+class _View:
+    """A shared circuit as this process last saw it: its state and when its break ends."""
+
+    __slots__ = ("open_until", "state", "tripped")
+
+    def __init__(self, state: CircuitState, open_until: float, tripped: tuple[int, int]) -> None:
+        self.state = state
+        self.open_until = open_until  # on this process's clock
+        self.tripped = tripped
+
+    def state_at(self, now: float) -> CircuitState:
+        if self.state is CircuitState.OPEN and now >= self.open_until:
+            return CircuitState.HALF_OPEN
+        return self.state
+
+    def retry_in(self, now: float) -> float:
+        if self.state is CircuitState.OPEN:
+            return max(0.0, self.open_until - now)
+        return 0.0
 
 
 def _forgettable(circuit: Circuit) -> bool:

@@ -139,3 +139,48 @@ class BudgetBook:
             bucket.tokens = min(budget.max_tokens, bucket.tokens + refill)
         bucket.updated = now
         return bucket
+
+
+class SharedBudgetBook(BudgetBook):
+    """A budget book whose buckets a backend shares; the book itself is the local fallback.
+
+    Deposits go to the local buckets (what this process decides on while
+    the backend does not answer, and what hedges draw on) and are counted
+    per origin for the shared bucket, where they are settled when a retry
+    takes tokens: the happy path never calls the backend. A process's
+    unsettled deposits are capped at a full bucket, so the fleet never gets
+    more than ``ratio`` times its requests plus one bucket of retries.
+    """
+
+    def __init__(
+        self, budget: RetryBudget, *, clock: Callable[[], float] = time.monotonic, size: int = 1024
+    ) -> None:
+        super().__init__(budget, clock=clock, size=size)
+        self._unsettled: dict[Origin, float] = {}
+
+    def deposit(self, origin: Origin) -> None:
+        budget = self.budget
+        with self._lock:
+            bucket = self._buckets.get(origin)
+            if bucket is None:
+                bucket = self._new(origin)
+            tokens = bucket.tokens + budget.ratio
+            bucket.tokens = tokens if tokens < budget.max_tokens else budget.max_tokens
+            unsettled = self._unsettled.get(origin)
+            if unsettled is None:
+                if len(self._unsettled) >= self._size:
+                    return  # too many origins to keep count of: these deposits are lost
+                unsettled = 0.0
+            unsettled += budget.ratio
+            self._unsettled[origin] = (
+                unsettled if unsettled < budget.max_tokens else budget.max_tokens
+            )
+
+    def unsettled(self, origin: Origin) -> float:
+        """Take the deposits for ``origin`` not yet settled with the backend."""
+        with self._lock:
+            return self._unsettled.pop(origin, 0.0)
+
+    def cost(self, timeout: bool) -> float:
+        """The tokens one retry takes."""
+        return self.budget.timeout_cost if timeout else 1.0

@@ -47,3 +47,28 @@ class DeadlineExceeded(httpx.TimeoutException):
     attempt is still waiting for its response at the deadline, however busy
     the server keeps the connection; never for the caller's own cancellation.
     """
+
+
+class RateLimitExceeded(httpx.PoolTimeout):
+    """The client-side rate limit kept the request back longer than it may wait; never sent.
+
+    A subclass of ``httpx.PoolTimeout`` (waiting for the rate limit is
+    waiting for a slot, as for a pooled connection), so ``except
+    httpx.TimeoutException`` and ``except httpx.TransportError`` still catch
+    it. ``key`` is the rate limiter's key (the origin, by default) and
+    ``retry_in`` the seconds until a request for it may go (0 when the cap on
+    requests in flight was the limit).
+
+    >>> try:  # doctest: +SKIP
+    ...     await client.get("https://api.example.com/things")
+    ... except RateLimitExceeded as exc:
+    ...     print(exc.key, exc.retry_in)
+    https://api.example.com 0.8
+    """
+
+    def __init__(
+        self, message: str, *, key: str, retry_in: float, request: httpx.Request | None = None
+    ) -> None:
+        super().__init__(message, request=request)
+        self.key = key
+        self.retry_in = retry_in

@@ -15,7 +15,7 @@ import httpx
 from tenacity import AsyncRetrying, Future, RetryCallState
 
 from . import _otel
-from ._budget import MAX_BUDGET_BOOKS, BudgetBook, RetryBudget
+from ._budget import MAX_BUDGET_BOOKS, BudgetBook, RetryBudget, SharedBudgetBook
 from ._classify import resend_at_once, unprocessed_reason
 from ._clock import SteadyClock
 from ._errors import DeadlineExceeded
@@ -23,7 +23,7 @@ from ._keys import BUDGET, CIRCUIT, OPTIONS, REQUEST_ID
 from ._layer import Layer, Transport, wrong_policy
 from ._lru import make_room
 from ._options import request_options
-from ._origin import Origin, origin_of
+from ._origin import Origin, format_origin, origin_of
 from ._records import RetryEvent, RetryHistory
 from ._retry_policy import (
     DEFAULT_POLICY,
@@ -40,6 +40,7 @@ from ._semconv import (
     method_attribute,
     server_port,
 )
+from ._state import MEMORY, AsyncBudgetStore, BudgetStore, StateBackend
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -82,6 +83,11 @@ class RetryTransport(Layer):
     one by default, nothing without OpenTelemetry), and added as a span
     event to the caller's current span. A first attempt that succeeds does
     none of this.
+
+    With ``state=RedisState(...)`` the policy's retry budget is shared by
+    every process using its prefix (docs/fleet.md): requests are counted
+    locally and settled when a retry takes tokens, so a request that
+    succeeds makes no call to the backend.
     """
 
     def __init__(
@@ -94,10 +100,13 @@ class RetryTransport(Layer):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         meter_provider: MeterProvider | None = None,
+        state: StateBackend | None = None,
     ) -> None:
         super().__init__(transport)
         if policy is not None and not isinstance(policy, RetryPolicy):
             raise TypeError(wrong_policy(RetryPolicy, policy))
+        if state is not None and not isinstance(state, StateBackend):
+            raise TypeError(f"state must be a MemoryState or RedisState, got {state!r}")
         self._policy = policy or DEFAULT_POLICY
         self._sleep = sleep
         self._sync_sleep = sync_sleep
@@ -111,8 +120,17 @@ class RetryTransport(Layer):
         self._books: OrderedDict[RetryBudget, BudgetBook] = OrderedDict()
         self._books_lock = threading.Lock()
         self._own_book: BudgetBook | None = None
+        # On shared state, the layer's own budget is shared; per-request
+        # budgets stay this process's own.
+        self._async_budget_store: AsyncBudgetStore | None = None
+        self._budget_store: BudgetStore | None = None
         if self._policy.budget is not None:
-            self._own_book = BudgetBook(self._policy.budget, clock=clock)
+            stores = (state or MEMORY).budgets(self._policy.budget)
+            if stores is None:
+                self._own_book = BudgetBook(self._policy.budget, clock=clock)
+            else:
+                self._own_book = SharedBudgetBook(self._policy.budget, clock=clock)
+                self._async_budget_store, self._budget_store = stores
             self._books[self._policy.budget] = self._own_book
         #: Per origin, the re-sends at once of unprocessed requests.
         self._at_once = BudgetBook(AT_ONCE_ALLOWANCE, clock=clock)
@@ -208,11 +226,16 @@ class RetryTransport(Layer):
                     self._report(request, state.attempt_number, reason, 0.0)
                     wait = None
                 else:
-                    step = self._next_wait(request, policy, state, outcome, budget, limit)
+                    step = self._next_wait(request, policy, state, outcome, limit)
+                    if (
+                        budget is not None
+                        and not isinstance(step, str)
+                        and not await self._async_withdraw(budget, outcome)
+                    ):
+                        step = f"the retry budget of {request.url.host} is spent"
                     if isinstance(step, str):
-                        if (
-                            events or step is not _STOPPED
-                        ):  # a policy of one attempt gives nothing up
+                        # A policy of one attempt gives nothing up.
+                        if events or step is not _STOPPED:
                             _log_gave_up(request, sends, reason, why=step)
                         break
                     wait = step
@@ -246,6 +269,18 @@ class RetryTransport(Layer):
         if left is None:
             return limit.exceeded()
         return await _async_attempt_within(self._async_next, request, left, limit, self._clock)
+
+    async def _async_withdraw(self, budget: _Budget, outcome: httpx.Response | Exception) -> bool:
+        """Take the tokens for one retry: from the shared bucket, or this process's own."""
+        book, origin = budget
+        timeout = isinstance(outcome, httpx.TimeoutException)
+        if self._async_budget_store is not None and isinstance(book, SharedBudgetBook):
+            settled = await self._async_budget_store.settle(
+                format_origin(origin), book.unsettled(origin), book.cost(timeout)
+            )
+            if settled is not None:
+                return settled
+        return book.withdraw(origin, timeout=timeout)
 
     # unasync: end
     # unasync: generated from the block above by scripts/generate.py; do not edit
@@ -329,11 +364,16 @@ class RetryTransport(Layer):
                     self._report(request, state.attempt_number, reason, 0.0)
                     wait = None
                 else:
-                    step = self._next_wait(request, policy, state, outcome, budget, limit)
+                    step = self._next_wait(request, policy, state, outcome, limit)
+                    if (
+                        budget is not None
+                        and not isinstance(step, str)
+                        and not self._withdraw(budget, outcome)
+                    ):
+                        step = f"the retry budget of {request.url.host} is spent"
                     if isinstance(step, str):
-                        if (
-                            events or step is not _STOPPED
-                        ):  # a policy of one attempt gives nothing up
+                        # A policy of one attempt gives nothing up.
+                        if events or step is not _STOPPED:
                             _log_gave_up(request, sends, reason, why=step)
                         break
                     wait = step
@@ -367,6 +407,18 @@ class RetryTransport(Layer):
         if left is None:
             return limit.exceeded()
         return _attempt_within(self._next, request, left, limit, self._clock)
+
+    def _withdraw(self, budget: _Budget, outcome: httpx.Response | Exception) -> bool:
+        """Take the tokens for one retry: from the shared bucket, or this process's own."""
+        book, origin = budget
+        timeout = isinstance(outcome, httpx.TimeoutException)
+        if self._budget_store is not None and isinstance(book, SharedBudgetBook):
+            settled = self._budget_store.settle(
+                format_origin(origin), book.unsettled(origin), book.cost(timeout)
+            )
+            if settled is not None:
+                return settled
+        return book.withdraw(origin, timeout=timeout)
 
     # unasync: generated end
 
@@ -409,7 +461,6 @@ class RetryTransport(Layer):
         policy: RetryPolicy,
         state: RetryCallState,
         outcome: httpx.Response | Exception,
-        budget: _Budget | None,
         limit: _Deadline | None,
     ) -> float | str:
         """Seconds to wait before the next attempt, or why there is none."""
@@ -431,10 +482,6 @@ class RetryTransport(Layer):
         if breaker is not None and breaker.retry_in(request.url) > wait:
             # The failure opened the origin's circuit: waiting would only meet it.
             return "the origin's circuit breaker opened"
-        if budget is not None and not budget[0].withdraw(
-            budget[1], timeout=isinstance(outcome, httpx.TimeoutException)
-        ):
-            return f"the retry budget of {request.url.host} is spent"
         return wait
 
     def _resend_at_once(

@@ -11,9 +11,11 @@ from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
 from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport
 from ._layer import Layer, Transport
+from ._ratelimit import RateLimitPolicy, RateLimitTransport
 from ._request_id import RequestIdTransport
 from ._retry import RetryTransport, Sleep, SyncSleep
 from ._retry_policy import RetryPolicy
+from ._state import StateBackend
 from ._transport import HTTPTransport
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ def resilient_transport(
     retry: RetryPolicy | bool = True,
     circuit_breaker: CircuitBreakerPolicy | bool = False,
     hedging: HedgingPolicy | bool = False,
+    rate_limit: RateLimitPolicy | bool = False,
+    state: StateBackend | None = None,
     idempotency_keys: bool = False,
     request_id_header: str | None = "X-Request-ID",
     tracing: bool | None = None,
@@ -44,8 +48,8 @@ def resilient_transport(
     **transport_options: Any,
 ) -> Layer | HTTPTransport:
     """The recommended stack, outermost first: request ID, idempotency keys,
-    retry, circuit breaker, hedging, tracing, and the HTTP/2 base transport
-    with connection timings.
+    retry, circuit breaker, hedging, rate limit, tracing, and the HTTP/2 base
+    transport with connection timings.
 
     >>> client = httpx.AsyncClient(transport=resilient_transport(), base_url="https://api.example.com")
     >>> client = httpx.Client(transport=resilient_transport(), base_url="https://api.example.com")
@@ -62,6 +66,14 @@ def resilient_transport(
       for none;
     - ``circuit_breaker``, ``hedging``: a ``CircuitBreakerPolicy`` or
       ``HedgingPolicy`` (``True`` for the default one); both off by default;
+    - ``rate_limit``: a ``RateLimitPolicy`` (``True`` for the default one,
+      which only pauses an origin that answers 429 or 503 with
+      ``Retry-After``); off by default. Inside the retry layer, so every
+      attempt counts against the rate, and inside the breaker, so an open
+      circuit spends none of it;
+    - ``state``: where the breaker, the retry budget and the rate limiter
+      keep their state: ``MemoryState()`` (the default, per process) or a
+      ``RedisState`` shared by a fleet (docs/fleet.md);
     - ``idempotency_keys``: give every POST and PATCH an ``Idempotency-Key``
       (only for servers that honour it), which makes them safe to retry;
     - ``request_id_header``: the header of the request ID, ``None`` for none;
@@ -74,6 +86,9 @@ def resilient_transport(
     _check_layer("retry", retry, RetryPolicy)
     _check_layer("circuit_breaker", circuit_breaker, CircuitBreakerPolicy)
     _check_layer("hedging", hedging, HedgingPolicy)
+    _check_layer("rate_limit", rate_limit, RateLimitPolicy)
+    if state is not None and not isinstance(state, StateBackend):
+        raise TypeError(f"state must be a MemoryState or RedisState, got {state!r}")
     _checks.flag("idempotency_keys", idempotency_keys)
     if tracing is not None:
         _checks.flag("tracing", tracing)
@@ -98,6 +113,17 @@ def resilient_transport(
         transport = TracingTransport(
             transport, tracer_provider=tracer_provider, meter_provider=meter_provider
         )
+    if rate_limit is not False:
+        rate_options: dict[str, Any] = {"state": state}
+        if sleep is not None:
+            rate_options["sleep"] = sleep
+        if sync_sleep is not None:
+            rate_options["sync_sleep"] = sync_sleep
+        transport = RateLimitTransport(
+            transport,
+            rate_limit if isinstance(rate_limit, RateLimitPolicy) else None,
+            **rate_options,
+        )
     if hedging is not False:
         transport = HedgingTransport(
             transport,
@@ -109,10 +135,11 @@ def resilient_transport(
             transport,
             circuit_breaker if isinstance(circuit_breaker, CircuitBreakerPolicy) else None,
             meter_provider=meter_provider,
+            state=state,
         )
     if retry is not False:
         policy = retry if isinstance(retry, RetryPolicy) else None
-        retry_options: dict[str, Any] = {"meter_provider": meter_provider}
+        retry_options: dict[str, Any] = {"meter_provider": meter_provider, "state": state}
         if sleep is not None:
             retry_options["sleep"] = sleep
         if sync_sleep is not None:

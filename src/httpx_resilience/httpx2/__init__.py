@@ -13,14 +13,17 @@ from .._budget import RetryBudget
 from .._circuit import CircuitSnapshot, CircuitState
 from .._dns import DNSCache, Resolver, default_resolver
 from .._records import HedgeHistory, RetryEvent, RetryHistory, Timings
+from .._redis import RedisState
 from .._request_ids import current_request_id, new_request_id, request_id
+from .._state import MemoryState, StateBackend
 from .._version import VERSION as __version__  # noqa: F401 - public, not in __all__
 from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
-from ._errors import CircuitOpenError, DeadlineExceeded
+from ._errors import CircuitOpenError, DeadlineExceeded, RateLimitExceeded
 from ._hedging import HedgingPolicy, HedgingTransport
 from ._idempotency import IdempotencyKeyTransport, new_idempotency_key
 from ._layer import Layer
 from ._network import TimedNetworkBackend
+from ._ratelimit import RateLimitPolicy, RateLimitTransport
 from ._redact import SENSITIVE_QUERY_PARAMETERS
 from ._request_id import RequestIdTransport
 from ._retry import RetryTransport
@@ -62,6 +65,11 @@ __all__ = [
     "HedgingTransport",
     "IdempotencyKeyTransport",
     "Layer",
+    "MemoryState",
+    "RateLimitExceeded",
+    "RateLimitPolicy",
+    "RateLimitTransport",
+    "RedisState",
     "RequestIdTransport",
     "Resolver",
     "RetryBudget",
@@ -69,6 +77,7 @@ __all__ = [
     "RetryHistory",
     "RetryPolicy",
     "RetryTransport",
+    "StateBackend",
     "TimedNetworkBackend",
     "Timings",
     "TracingTransport",
