@@ -615,7 +615,9 @@ def _without_guard() -> None:
     """
     from httpx_resilience import _goaway
 
-    async def start_tls(self: Any, ssl_context: Any, server_hostname: Any = None, timeout: Any = None) -> Any:
+    async def start_tls(
+        self: Any, ssl_context: Any, server_hostname: Any = None, timeout: Any = None
+    ) -> Any:
         return await self._stream.start_tls(ssl_context, server_hostname, timeout)
 
     _goaway.GoawayGuardStream.start_tls = start_tls  # type: ignore[method-assign]
@@ -735,7 +737,8 @@ def pool_report(keys: list[str], rounds: int = 4) -> tuple[str, dict[str, Any]]:
     found = dict(zip(keys, counts, strict=True))
     bare = found.get("bare")
     rows = [
-        [pool.CONFIGS[k][0], v / 1000, None if bare is None else v / bare] for k, v in found.items()
+        [pool.CONFIGS[k][0], v / 1000, None if bare is None else v / bare]
+        for k, v in found.items()
     ]
     text = (
         f"CPU instructions per request, HTTP/1.1 bursts of {pool.TASKS} in memory (valgrind, "

@@ -38,7 +38,9 @@ LATENCY = 10
 ROUNDS = 4
 STEADY = 4
 URL = "https://10.0.0.1/v1/items"  # an address: no DNS lookup
-_RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{\"ok\": true}"
+_RESPONSE = (
+    b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}'
+)
 
 
 class _SSLObject:

@@ -78,7 +78,6 @@ CANCEL_GRACE = 0.25
 _SMALL_WRITE = 20 * 1024
 
 
-
 class _SendRoom:
     """Whether a socket's send buffer has room, asked without blocking.
 

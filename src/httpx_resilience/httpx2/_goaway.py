@@ -79,11 +79,6 @@ CANCEL_GRACE = 0.25
 # frame (16 KiB) and a few small frames with it.
 _SMALL_WRITE = 20 * 1024
 
-# A write the kernel takes whole whenever the socket polls writable (Linux
-# then has a third of the send buffer free, at least 5 KiB by default): a
-# request's HEADERS, a WINDOW_UPDATE, a small body.
-_FAST_WRITE = 2 * 1024
-
 
 class _SendRoom:
     """Whether a socket's send buffer has room, asked without blocking.
@@ -93,13 +88,10 @@ class _SendRoom:
     socket to ask (another network backend), the answer is no.
     """
 
-    __slots__ = ("_poll", "_sock", "calm")
+    __slots__ = ("_poll", "_sock")
 
     def __init__(self, sock: typing.Any) -> None:
         self._sock = sock
-        #: Every write so far found room and was small: nothing of them can
-        #: be waiting in the event loop's own buffer of the socket.
-        self.calm = True
         self._poll: typing.Any = None
         if sock is not None and hasattr(select, "poll"):  # not on Windows
             poll = select.poll()
@@ -1048,23 +1040,8 @@ async def _async_write_frames(
     room = guard._room
     if room is None:
         room = guard._room = _SendRoom(guard._stream.get_extra_info("socket"))
-    size = len(buffer)
     try:
-        if (
-            size <= _FAST_WRITE
-            and room.calm
-            and room.has_room()
-            and anyio.current_effective_deadline() != -math.inf
-        ):
-            # Most writes: the kernel takes them whole, and the backend's
-            # write waits nowhere a cancellation could reach it (anyio and
-            # trio check for one only before sending, which is now, and not
-            # cancelled; then pass a shielded checkpoint). So nothing can cut
-            # it, and no shield is needed (a shield costs five times the write's
-            # own bookkeeping).
-            await guard._stream.write(buffer, timeout)
-            return
-        if size <= _SMALL_WRITE and room.has_room():
+        if len(buffer) <= _SMALL_WRITE and room.has_room():
             # The common case: the socket takes the bytes at once. Shielded,
             # with no task to watch for a cancellation: nothing here sees one
             # sent by cancel(), and only a deadline (the caller's, plus the
@@ -1078,7 +1055,6 @@ async def _async_write_frames(
         else:
             # The event loop's transport may keep some of it: its next writes
             # may wait for room, where a cancellation can reach them.
-            room.calm = False
             cut = await _write_watched(guard, buffer, timeout)
     except Exception:
         # A write that failed under a shield (another request cut the
