@@ -25,10 +25,10 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
 #: The production stack's pool: HTTP/2 multiplexes many requests on few
-#: connections; for HTTP/1.1 origins 50 connections bound the fan-out. Of
-#: those 20 stay alive: httpcore2 then closes idle connections whenever more
-#: than 20 are open (churn), but keeping all 50 alive measured slower still
-#: on loopback (benchmarks/RESULTS.md), so the seed's choice stands.
+#: connections; for HTTP/1.1 origins 50 connections bound the fan-out, and
+#: all 50 stay alive until idle for ``keepalive_expiry`` (5 s): a burst of 50
+#: requests then finds its connections open, where keeping 20 reopened 30 of
+#: them (a TLS handshake each) at every burst (benchmarks/RESULTS.md, pool).
 PRODUCTION_LIMITS = httpx2.Limits(max_connections=50, max_keepalive_connections=50)
 
 
