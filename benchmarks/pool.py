@@ -249,19 +249,39 @@ async def _calls(key: str) -> dict[str, Any]:
     }
 
 
-def report(keys: list[str]) -> str:
+HEADERS = [
+    "configuration",
+    "connections opened",
+    "requests",
+    f"loop passes per request of a task (server: {LATENCY})",
+    "pool passes /req",
+    "is_idle /req",
+    "has_expired /req",
+    "is_available /req",
+]
+
+
+def run(keys: list[str] | None = None) -> dict[str, Any]:
+    """The figures of every configuration (``run.py``'s pool section)."""
+    rows = []
+    for key in keys or list(CONFIGS):
+        found = asyncio.run(_calls(key))
+        rows.append({"key": key, "label": CONFIGS[key][0], **found})
+    return {"tasks": TASKS, "rounds": ROUNDS, "steady": STEADY, "latency": LATENCY, "rows": rows}
+
+
+def render(result: dict[str, Any]) -> str:
     from _common import table
 
     rows = []
-    for key in keys:
-        found = asyncio.run(_calls(key))
-        per = found["per_request"]
+    for row in result["rows"]:
+        per = row["per_request"]
         rows.append(
             [
-                CONFIGS[key][0],
-                found["opened"],
-                found["requests"],
-                found["loop_passes"] / (ROUNDS * (1 + STEADY)),
+                row["label"],
+                row["opened"],
+                row["requests"],
+                row["loop_passes"] / (ROUNDS * (1 + STEADY)),
                 per.get("assign", 0),
                 per.get("is_idle", 0),
                 per.get("has_expired", 0),
@@ -270,20 +290,8 @@ def report(keys: list[str]) -> str:
         )
     return (
         f"{ROUNDS} x (a burst of {TASKS} requests, then {STEADY} each from {TASKS} tasks), "
-        "in memory; calls counted with every nested call (ours wrap httpcore's):\n"
-        + table(
-            [
-                "configuration",
-                "connections opened",
-                "requests",
-                f"loop passes per request of a task (server: {LATENCY})",
-                "pool passes /req",
-                "is_idle /req",
-                "has_expired /req",
-                "is_available /req",
-            ],
-            rows,
-        )
+        "in memory, after a first such round; calls counted with every nested call "
+        "(ours wrap httpcore's):\n" + table(HEADERS, rows)
     )
 
 
@@ -307,7 +315,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("keys", nargs="*", default=list(CONFIGS))
     args = parser.parse_args()
-    print(report(args.keys))
+    print(render(run(args.keys)))
 
 
 if __name__ == "__main__":
