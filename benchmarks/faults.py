@@ -22,6 +22,13 @@ All retrying configurations wait the same small backoff (5 ms, then
 10 ms, no jitter); nothing is injected: the waits are real and small.
 
     python benchmarks/faults.py [--scale 1.0]
+    python benchmarks/faults.py --only goaway --configs bare,ours,ours_no_budget --rounds 3
+
+Each row also says where the wall time went: the client's CPU time, the
+time it waited for a CPU (Linux: ``/proc/self/schedstat``; on a busy
+machine the wall time is about their sum), the server's CPU time, and, for
+our configurations, the re-sends at once (unprocessed, free of the retry
+budget) and the re-sends after a wait (each one spent from the budget).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import argparse
 import asyncio
 import collections
 import dataclasses
+import os
 import random
 import time
 from typing import Any
@@ -122,16 +130,35 @@ async def workload(
                             target, headers=headers, json={"amount": 10, "id": rid}
                         )
                     outcome = str(response.status_code)
+                    history = response.extensions.get("retry")
                 except httpx.HTTPError as exc:
                     outcome = type(exc).__name__
+                    history = None
+                events = getattr(history, "events", ())
                 results[rid] = {
                     "method": method,
                     "outcome": outcome,
                     "seconds": time.perf_counter() - start,
+                    "at_once": sum(1 for e in events if e.unprocessed),
+                    "waited": sum(1 for e in events if not e.unprocessed),
                 }
 
         await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(workers))), timeout)
     return results
+
+
+def cpu_and_wait() -> tuple[float, float | None]:
+    """This process's CPU seconds, and seconds it waited for a CPU (Linux only)."""
+    cpu = time.process_time()
+    try:
+        tasks = os.listdir("/proc/self/task")
+        waited = 0
+        for task in tasks:
+            with open(f"/proc/self/task/{task}/schedstat") as stats:
+                waited += int(stats.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return cpu, None
+    return cpu, waited / 1e9
 
 
 def summarize(
@@ -202,78 +229,120 @@ def jobs_for(key: str, gets: int, posts: int, seed: int) -> list[tuple[str, str]
 
 
 async def scenario(
-    plan: str, http2: bool, keys: list[str], gets: int, posts: int, workers: int
+    plan: str,
+    http2: bool,
+    keys: list[str],
+    gets: int,
+    posts: int,
+    workers: int,
+    rounds: int = 1,
 ) -> list[dict[str, Any]]:
+    """One row per configuration and round; rounds go round the configurations in turn,
+    so that a busy moment of the machine falls on all of them alike."""
     rows = []
-    per_request_paths = plan == "faults"
-    routes = ["--routes", str(gets + posts)] if per_request_paths else []
-    for key in keys:
-        with ServerProcess("--plan", plan, *routes) as server:
-            built = build(key, server.ssl_context(), http2)
-            jobs = jobs_for(key, gets, posts, seed=99)
-            wall = time.perf_counter()
-            results = await workload(
-                built,
-                server.url,
-                jobs,
-                workers,
-                timeout=120.0,
-                per_request_paths=per_request_paths,
-            )
-            wall = time.perf_counter() - wall
-            await asyncio.sleep(0.2)  # let the server finish its records
-            stats = server.command("stats")
-            records = server.command("records")
-        summary = summarize(results, records)
-        rows.append(
-            {
-                "key": key,
-                "label": LABELS[key],
-                "wall_s": wall,
-                "server_connections": stats["connections"],
-                "server_goaways": stats.get("goaways"),
-                **summary,
-            }
-        )
-        log(
-            f"  faults ({plan}): {key}: GET {summary['GET']['success_rate']:.1%} "
-            f"POST {summary['POST']['success_rate']:.1%} in {wall:.1f} s"
-        )
+    for round_ in range(rounds):
+        for key in keys:
+            rows.append(await one_config(plan, http2, key, gets, posts, workers))
+            rows[-1]["round"] = round_ + 1
     return rows
 
 
-async def run(scale: float = 1.0) -> dict[str, Any]:
-    keys = list(LABELS)
-    mixed = await scenario(
-        "faults", False, keys, gets=round(600 * scale), posts=round(200 * scale), workers=WORKERS
-    )
-    goaway = await scenario(
-        "goaway",
-        True,
-        keys,
-        gets=round(600 * scale),
-        posts=round(600 * scale),
-        workers=GOAWAY_WORKERS,
+async def one_config(
+    plan: str, http2: bool, key: str, gets: int, posts: int, workers: int
+) -> dict[str, Any]:
+    per_request_paths = plan == "faults"
+    routes = ["--routes", str(gets + posts)] if per_request_paths else []
+    with ServerProcess("--plan", plan, *routes) as server:
+        built = build(key, server.ssl_context(), http2)
+        jobs = jobs_for(key, gets, posts, seed=99)
+        server_cpu = server.cpu_seconds()
+        cpu, waited = cpu_and_wait()
+        wall = time.perf_counter()
+        results = await workload(
+            built,
+            server.url,
+            jobs,
+            workers,
+            timeout=120.0,
+            per_request_paths=per_request_paths,
+        )
+        wall = time.perf_counter() - wall
+        cpu_after, waited_after = cpu_and_wait()
+        server_cpu = server.cpu_seconds() - server_cpu
+        await asyncio.sleep(0.2)  # let the server finish its records
+        stats = server.command("stats")
+        records = server.command("records")
+    summary = summarize(results, records)
+    log(
+        f"  faults ({plan}): {key}: GET {summary['GET']['success_rate']:.1%} "
+        f"POST {summary['POST']['success_rate']:.1%} in {wall:.1f} s"
     )
     return {
-        "mixed": {
+        "key": key,
+        "label": LABELS[key],
+        "wall_s": wall,
+        "server_connections": stats["connections"],
+        "server_goaways": stats.get("goaways"),
+        "client_cpu_s": cpu_after - cpu,
+        "client_cpu_wait_s": None
+        if waited is None or waited_after is None
+        else waited_after - waited,
+        "server_cpu_s": server_cpu,
+        "resends_at_once": sum(r["at_once"] for r in results.values()),
+        "resends_waited": sum(r["waited"] for r in results.values()),
+        **summary,
+    }
+
+
+SCENARIOS = ("mixed", "goaway")
+
+
+async def run(
+    scale: float = 1.0,
+    only: str | None = None,
+    configs: list[str] | None = None,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    keys = list(LABELS) if configs is None else configs
+    result: dict[str, Any] = {}
+    if only in (None, "mixed"):
+        result["mixed"] = {
             "protocol": "HTTP/1.1 over TLS",
             "plan": "20% 503 (no Retry-After), 5% TCP reset before the response, 2% 0.1 s delay",
             "workers": WORKERS,
-            "rows": mixed,
-        },
-        "goaway": {
+            "rows": await scenario(
+                "faults",
+                False,
+                keys,
+                gets=round(600 * scale),
+                posts=round(200 * scale),
+                workers=WORKERS,
+                rounds=rounds,
+            ),
+        }
+    if only in (None, "goaway"):
+        result["goaway"] = {
             "protocol": "HTTP/2 over TLS",
             "plan": "GOAWAY after every 20 requests per connection (goaway_every=20)",
             "workers": GOAWAY_WORKERS,
-            "rows": goaway,
-        },
-    }
+            "rows": await scenario(
+                "goaway",
+                True,
+                keys,
+                gets=round(600 * scale),
+                posts=round(600 * scale),
+                workers=GOAWAY_WORKERS,
+                rounds=rounds,
+            ),
+        }
+    return result
 
 
 def render(result: dict[str, Any]) -> str:
     parts = []
-    for name in ("mixed", "goaway"):
+    for name in SCENARIOS:
+        if name not in result:
+            continue
         scenario_result = result[name]
         parts.append(
             f"{name}: {scenario_result['protocol']}; {scenario_result['plan']}; "
@@ -309,6 +378,35 @@ def render(result: dict[str, Any]) -> str:
                 ],
             )
         )
+        parts.append(
+            table(
+                [
+                    "configuration",
+                    "round",
+                    "wall s",
+                    "connections",
+                    "client CPU s",
+                    "client waiting for a CPU s",
+                    "server CPU s",
+                    "re-sends at once",
+                    "re-sends after a wait",
+                ],
+                [
+                    [
+                        r["label"],
+                        r.get("round", 1),
+                        r["wall_s"],
+                        r["server_connections"],
+                        r["client_cpu_s"],
+                        r["client_cpu_wait_s"],
+                        r["server_cpu_s"],
+                        r["resends_at_once"],
+                        r["resends_waited"],
+                    ]
+                    for r in scenario_result["rows"]
+                ],
+            )
+        )
         failures = []
         for r in scenario_result["rows"]:
             for method in ("GET", "POST"):
@@ -330,8 +428,21 @@ def render(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="workload size factor")
+    parser.add_argument("--only", choices=SCENARIOS, help="run one scenario")
+    parser.add_argument(
+        "--configs", help=f"comma-separated configurations (default: all of {', '.join(LABELS)})"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="runs of each configuration, taken in turn"
+    )
     args = parser.parse_args()
-    print(render(asyncio.run(run(args.scale))))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    configs = None if args.configs is None else args.configs.split(",")
+    for key in configs or ():
+        if key not in LABELS:
+            parser.error(f"unknown configuration {key!r}; known: {', '.join(LABELS)}")
+    print(render(asyncio.run(run(args.scale, args.only, configs, args.rounds))))
 
 
 if __name__ == "__main__":
