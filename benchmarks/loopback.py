@@ -66,6 +66,8 @@ def build(key: str, context: Any, http2: bool) -> Built:
         return Built(HTTPTransport(verify=context, http2=http2))
     if key == "full_noop":
         return Built(resilient_transport(verify=context, http2=http2))
+    if key == "full_noop_no_rid":
+        return Built(resilient_transport(verify=context, http2=http2, request_id_header=None))
     if key == "full_sdk":
         sdk = Sdk.create()
         return Built(
@@ -89,6 +91,7 @@ LABELS = {
     "bare_limits50": "bare, with our PRODUCTION_LIMITS",
     "http_transport": "ours: HTTPTransport",
     "full_noop": "ours: full stack, no-op tracing",
+    "full_noop_no_rid": "ours: full stack, no-op tracing, no request ID",
     "full_sdk": "ours: full stack, SDK",
     "peers_noop": "peers: httpx-retries + OTel + uuid4, no-op",
     "peers_sdk": "peers: httpx-retries + OTel + uuid4, SDK",

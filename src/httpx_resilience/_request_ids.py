@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
@@ -21,15 +22,32 @@ _FIELD_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?")
 
 
 def new_request_id() -> str:
-    """128 random bits as 32 hex digits, the shape of a W3C trace ID.
+    """80 random bits as 20 lowercase hex digits: unique, and cheap to send on HTTP/2.
 
     >>> len(new_request_id())
-    32
+    20
 
-    ``os.urandom`` is the kernel's CSPRNG, several times cheaper than
-    ``uuid.uuid4().hex`` (which builds a UUID object around the same bytes).
+    Short because HTTP/2 encodes every header in pure Python (hpack), where
+    each unique value is Huffman-coded character by character and then kept
+    in the connection's header table, which every later header is looked up
+    in; 20 digits cost less there than 32, and 80 bits keep a collision
+    unlikely across a fleet (about 4 in 10 million after a billion IDs).
+    ``os.urandom`` is the kernel's CSPRNG, so IDs are also unique across
+    processes, restarts and forks. :func:`uuid4_request_id` gives UUID4s.
     """
-    return os.urandom(16).hex()
+    return os.urandom(10).hex()
+
+
+def uuid4_request_id() -> str:
+    """A random UUID4 in its canonical form, for services that expect one.
+
+    >>> len(uuid4_request_id())
+    36
+
+    Pass it as ``new_id=`` to ``RequestIdTransport``, or as
+    ``request_id_factory=`` to ``resilient_transport``.
+    """
+    return str(uuid.uuid4())
 
 
 def check_request_id(value: str) -> str:
