@@ -27,8 +27,8 @@ from .servers import Reply, ScriptedApp, ServerThread
 pytestmark = pytest.mark.anyio
 
 URL = "https://api.example.com/v1/things"
-#: What new_request_id() makes: 80 random bits as lowercase hex.
-NEW_ID = re.compile(r"[0-9a-f]{20}")
+#: What new_request_id() makes: 128 random bits as lowercase hex.
+NEW_ID = re.compile(r"[0-9a-f]{32}")
 FAST = RetryPolicy(wait=wait_fixed(1), stop=stop_after_attempt(3))
 
 
@@ -61,7 +61,7 @@ def _async_client(script: Script | Snapshots, **options: object) -> httpx.AsyncC
     return httpx.AsyncClient(transport=RequestIdTransport(retry, **options))  # type: ignore[arg-type]
 
 
-async def test_new_id_is_80_random_bits_shared_by_every_attempt() -> None:
+async def test_new_id_is_128_random_bits_shared_by_every_attempt() -> None:
     script = Snapshots([503, 503, 200])
     async with _async_client(script) as client:
         response = await client.get(URL)
@@ -124,7 +124,7 @@ def _client(script: Script | Snapshots, **options: object) -> httpx.Client:
     return httpx.Client(transport=RequestIdTransport(retry, **options))  # type: ignore[arg-type]
 
 
-def test_sync_new_id_is_80_random_bits_shared_by_every_attempt() -> None:
+def test_sync_new_id_is_128_random_bits_shared_by_every_attempt() -> None:
     script = Snapshots([503, 503, 200])
     with _client(script) as client:
         response = client.get(URL)

@@ -24,7 +24,7 @@ class RequestIdTransport(Layer):
     bound by :func:`request_id`, or a new one from ``new_id``. Place the layer
     outside ``RetryTransport`` so that every attempt carries the same value.
     ``response.extensions["request_id"]`` tells which ID was sent.
-    New IDs are 20 hex digits (:func:`new_request_id`);
+    New IDs are 32 hex digits (:func:`new_request_id`);
     ``new_id=uuid4_request_id`` sends UUID4s instead.
 
     The retry log and ``TracingTransport`` record the ID; with

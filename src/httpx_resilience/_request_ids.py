@@ -22,20 +22,18 @@ _FIELD_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e\t]*[\x21-\x7e])?")
 
 
 def new_request_id() -> str:
-    """80 random bits as 20 lowercase hex digits: unique, and cheap to send on HTTP/2.
+    """128 random bits as 32 hex digits, the shape of a W3C trace ID.
 
     >>> len(new_request_id())
-    20
+    32
 
-    Short because HTTP/2 encodes every header in pure Python (hpack), where
-    each unique value is Huffman-coded character by character and then kept
-    in the connection's header table, which every later header is looked up
-    in; 20 digits cost less there than 32, and 80 bits keep a collision
-    unlikely across a fleet (about 4 in 10 million after a billion IDs).
-    ``os.urandom`` is the kernel's CSPRNG, so IDs are also unique across
-    processes, restarts and forks. :func:`uuid4_request_id` gives UUID4s.
+    ``os.urandom`` is the kernel's CSPRNG, several times cheaper than
+    ``uuid.uuid4().hex`` (which builds a UUID object around the same bytes),
+    and unique across processes, restarts and forks with no state to keep.
+    On HTTP/2 any unique header value costs about the same to send, whatever
+    its length (docs/observability.md, "The ID format, and UUID4").
     """
-    return os.urandom(10).hex()
+    return os.urandom(16).hex()
 
 
 def uuid4_request_id() -> str:

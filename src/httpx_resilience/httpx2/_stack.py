@@ -83,7 +83,7 @@ def resilient_transport(
     - ``idempotency_keys``: give every POST and PATCH an ``Idempotency-Key``
       (only for servers that honour it), which makes them safe to retry;
     - ``request_id_header``: the header of the request ID, ``None`` for none;
-    - ``request_id_factory``: what makes a new request ID (20 hex digits by
+    - ``request_id_factory``: what makes a new request ID (32 hex digits by
       default; ``uuid4_request_id`` for UUID4s);
     - ``tracing``: spans and metrics through OpenTelemetry; by default on
       when ``opentelemetry-api`` is installed (it costs next to nothing
