@@ -178,7 +178,8 @@ def child(block: Block, world: Path, workdir: Path) -> tuple[list[str], dict[str
     }
     env.update(
         SSL_CERT_FILE=str(world / "ca.pem"),
-        PYTHONPATH=str(ROOT),
+        # This checkout's package, even where the installed one is another's.
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "src")]),
         PYTHONUNBUFFERED="1",
         # What a user of the SDKs has in their environment.
         OPENAI_API_KEY="sk-docs-example",

@@ -134,6 +134,7 @@ CASES: list[Case] = [
     (resilient_transport, {"idempotency_keys": "yes"}, TypeError, "idempotency_keys"),
     (resilient_transport, {"tracing": "yes"}, TypeError, "tracing"),
     (resilient_transport, {"request_id_header": 1}, TypeError, "request_id_header"),
+    (resilient_transport, {"request_id_factory": "uuid4"}, TypeError, "request_id_factory"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 
 import anyio
 import pytest
@@ -18,6 +19,7 @@ from .flavour import (
     httpx,
     new_request_id,
     request_id,
+    uuid4_request_id,
 )
 from .flavour._request_id import check_request_id
 from .servers import Reply, ScriptedApp, ServerThread
@@ -25,7 +27,8 @@ from .servers import Reply, ScriptedApp, ServerThread
 pytestmark = pytest.mark.anyio
 
 URL = "https://api.example.com/v1/things"
-HEX_128 = re.compile(r"[0-9a-f]{32}")
+#: What new_request_id() makes: 128 random bits as lowercase hex.
+NEW_ID = re.compile(r"[0-9a-f]{32}")
 FAST = RetryPolicy(wait=wait_fixed(1), stop=stop_after_attempt(3))
 
 
@@ -66,7 +69,7 @@ async def test_new_id_is_128_random_bits_shared_by_every_attempt() -> None:
     sent = [headers["X-Request-ID"] for headers in script.headers]
     assert len(sent) == 4
     assert len(set(sent[:3])) == 1
-    assert HEX_128.fullmatch(sent[0])
+    assert NEW_ID.fullmatch(sent[0])
     assert sent[3] != sent[0]
     assert response.extensions["request_id"] == sent[0]
     assert other.extensions["request_id"] == sent[3]
@@ -103,6 +106,16 @@ async def test_custom_factory_is_used_and_checked() -> None:
             await client.get(URL)
 
 
+async def test_uuid4_ids_on_request() -> None:
+    script = Script([200, 200])
+    async with _async_client(script, new_id=uuid4_request_id) as client:
+        await client.get(URL)
+        await client.get(URL)
+    sent = [r.headers["X-Request-ID"] for r in script.requests]
+    assert [str(uuid.UUID(value, version=4)) for value in sent] == sent
+    assert sent[0] != sent[1]
+
+
 # unasync: end
 # unasync: generated from the block above by scripts/generate.py; do not edit
 def _client(script: Script | Snapshots, **options: object) -> httpx.Client:
@@ -119,7 +132,7 @@ def test_sync_new_id_is_128_random_bits_shared_by_every_attempt() -> None:
     sent = [headers["X-Request-ID"] for headers in script.headers]
     assert len(sent) == 4
     assert len(set(sent[:3])) == 1
-    assert HEX_128.fullmatch(sent[0])
+    assert NEW_ID.fullmatch(sent[0])
     assert sent[3] != sent[0]
     assert response.extensions["request_id"] == sent[0]
     assert other.extensions["request_id"] == sent[3]
@@ -156,6 +169,16 @@ def test_sync_custom_factory_is_used_and_checked() -> None:
             client.get(URL)
 
 
+def test_sync_uuid4_ids_on_request() -> None:
+    script = Script([200, 200])
+    with _client(script, new_id=uuid4_request_id) as client:
+        client.get(URL)
+        client.get(URL)
+    sent = [r.headers["X-Request-ID"] for r in script.requests]
+    assert [str(uuid.UUID(value, version=4)) for value in sent] == sent
+    assert sent[0] != sent[1]
+
+
 # unasync: generated end
 
 
@@ -180,11 +203,19 @@ def test_binding_nests_and_unbinds() -> None:
     with request_id("outer"):
         assert current_request_id() == "outer"
         with request_id() as inner:
-            assert HEX_128.fullmatch(inner)
+            assert NEW_ID.fullmatch(inner)
             assert current_request_id() == inner
         assert current_request_id() == "outer"
     assert current_request_id() is None
-    assert new_request_id() != new_request_id()
+
+
+def test_new_ids_are_unique_and_plain_lowercase_hex() -> None:
+    ids = [new_request_id() for _ in range(100_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(NEW_ID.fullmatch(value) for value in ids)
+    # Random in every position: no per-process prefix or counter.
+    assert len({value[:4] for value in ids[:1000]}) > 900
+    assert len({value[-4:] for value in ids[:1000]}) > 900
 
 
 async def test_binding_follows_child_tasks_and_stays_out_of_others() -> None:

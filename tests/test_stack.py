@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -23,6 +25,7 @@ from .flavour import (
     Timings,
     httpx,
     resilient_transport,
+    uuid4_request_id,
 )
 from .servers import Reply, ScriptedApp, ServerThread
 
@@ -100,6 +103,7 @@ async def test_layers_can_be_switched_off_or_configured(
         retry=RetryPolicy(wait=wait_fixed(0)),
         idempotency_keys=True,
         request_id_header="X-Correlation-ID",
+        request_id_factory=uuid4_request_id,
         sleep=FakeSleep(),
     )
     async with httpx.AsyncClient(transport=keyed, base_url=servers.tls_url) as client:
@@ -108,7 +112,8 @@ async def test_layers_can_be_switched_off_or_configured(
     retried = app.received(unique_path)[1:]
     assert len(retried) == 2
     assert len({r.headers["idempotency-key"] for r in retried}) == 1
-    assert len({r.headers["x-correlation-id"] for r in retried}) == 1
+    (correlation_id,) = {r.headers["x-correlation-id"] for r in retried}
+    assert uuid.UUID(correlation_id).version == 4
 
 
 async def test_any_transport_can_be_the_base() -> None:

@@ -21,7 +21,7 @@ from ._records import HedgeHistory, RetryEvent, RetryHistory, Timings
 from ._redact import SENSITIVE_QUERY_PARAMETERS
 from ._redis import RedisState
 from ._request_id import RequestIdTransport
-from ._request_ids import current_request_id, new_request_id, request_id
+from ._request_ids import current_request_id, new_request_id, request_id, uuid4_request_id
 from ._retry import RetryTransport
 from ._retry_policy import (
     DEFAULT_RETRY_EXCEPTIONS,
@@ -90,4 +90,5 @@ __all__ = [
     "request_id",
     "resilient_transport",
     "retry_reason",
+    "uuid4_request_id",
 ]

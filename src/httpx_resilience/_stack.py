@@ -13,12 +13,15 @@ from ._idempotency import IdempotencyKeyTransport
 from ._layer import Layer, Transport
 from ._ratelimit import RateLimitPolicy, RateLimitTransport
 from ._request_id import RequestIdTransport
+from ._request_ids import new_request_id
 from ._retry import RetryTransport, Sleep, SyncSleep
 from ._retry_policy import RetryPolicy
 from ._state import StateBackend
 from ._transport import HTTPTransport
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
@@ -40,6 +43,7 @@ def resilient_transport(
     state: StateBackend | None = None,
     idempotency_keys: bool = False,
     request_id_header: str | None = "X-Request-ID",
+    request_id_factory: Callable[[], str] = new_request_id,
     tracing: bool | None = None,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
@@ -77,6 +81,8 @@ def resilient_transport(
     - ``idempotency_keys``: give every POST and PATCH an ``Idempotency-Key``
       (only for servers that honour it), which makes them safe to retry;
     - ``request_id_header``: the header of the request ID, ``None`` for none;
+    - ``request_id_factory``: what makes a new request ID (32 hex digits by
+      default; ``uuid4_request_id`` for UUID4s);
     - ``tracing``: spans and metrics through OpenTelemetry; by default on
       when ``opentelemetry-api`` is installed (it costs next to nothing
       without an SDK);
@@ -94,6 +100,10 @@ def resilient_transport(
         _checks.flag("tracing", tracing)
     if request_id_header is not None:
         _checks.header_name("request_id_header", request_id_header)
+    if not callable(request_id_factory):
+        raise TypeError(
+            f"request_id_factory must be a function that returns a str, got {request_id_factory!r}"
+        )
     if base is not None and transport_options:
         raise TypeError(
             f"{', '.join(sorted(transport_options))}: these options configure the built-in "
@@ -148,7 +158,9 @@ def resilient_transport(
     if idempotency_keys:
         transport = IdempotencyKeyTransport(transport)
     if request_id_header is not None:
-        transport = RequestIdTransport(transport, header=request_id_header)
+        transport = RequestIdTransport(
+            transport, header=request_id_header, new_id=request_id_factory
+        )
     if not isinstance(transport, (Layer, HTTPTransport)):
         transport = Layer(transport)  # a base of the caller's own, and no layer on it
     return transport

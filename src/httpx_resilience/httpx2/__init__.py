@@ -14,7 +14,7 @@ from .._circuit import CircuitSnapshot, CircuitState
 from .._dns import DNSCache, Resolver, default_resolver
 from .._records import HedgeHistory, RetryEvent, RetryHistory, Timings
 from .._redis import RedisState
-from .._request_ids import current_request_id, new_request_id, request_id
+from .._request_ids import current_request_id, new_request_id, request_id, uuid4_request_id
 from .._state import MemoryState, StateBackend
 from .._version import VERSION as __version__  # noqa: F401 - public, not in __all__
 from ._breaker import CircuitBreakerPolicy, CircuitBreakerTransport
@@ -92,4 +92,5 @@ __all__ = [
     "request_id",
     "resilient_transport",
     "retry_reason",
+    "uuid4_request_id",
 ]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx2
 
 from .._keys import REQUEST_ID, REQUEST_ID_HEADER
-from .._request_ids import bound_id, check_request_id, new_request_id
+from .._request_ids import bound_id, check_request_id, new_request_id, uuid4_request_id
 from ._layer import Layer, Transport
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -26,6 +26,8 @@ class RequestIdTransport(Layer):
     bound by :func:`request_id`, or a new one from ``new_id``. Place the layer
     outside ``RetryTransport`` so that every attempt carries the same value.
     ``response.extensions["request_id"]`` tells which ID was sent.
+    New IDs are 32 hex digits (:func:`new_request_id`);
+    ``new_id=uuid4_request_id`` sends UUID4s instead.
 
     The retry log and ``TracingTransport`` record the ID; with
     ``sensitive=True`` they do not (for IDs that are credentials or personal
@@ -47,7 +49,8 @@ class RequestIdTransport(Layer):
         self._header_key = header.lower()
         self._sensitive = sensitive
         # Our own IDs are valid by construction; check a custom factory's.
-        self._new_id = new_id if new_id is new_request_id else _checked(new_id)
+        trusted = new_id is new_request_id or new_id is uuid4_request_id
+        self._new_id = new_id if trusted else _checked(new_id)
 
     # unasync: begin
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
