@@ -209,8 +209,12 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
                 self._watch = H2Watch(self._state)
             else:
                 self._http1(self._stream)
-        if self._watch is not None:
-            buffer = self._watch.sent(buffer)
+        watch = self._watch
+        if watch is not None:
+            if not buffer:
+                # httpcore writes whatever h2 has to send, often nothing.
+                return
+            buffer = watch.sent(buffer)
             if buffer:
                 await _async_write_frames(self, buffer, timeout)
             return
@@ -634,8 +638,12 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
                 self._watch = H2Watch(self._state)
             else:
                 self._http1(self._stream)
-        if self._watch is not None:
-            buffer = self._watch.sent(buffer)
+        watch = self._watch
+        if watch is not None:
+            if not buffer:
+                # httpcore writes whatever h2 has to send, often nothing.
+                return
+            buffer = watch.sent(buffer)
             if buffer:
                 _write_frames(self, buffer, timeout)
             return
