@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import socket
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -55,6 +56,9 @@ class MemoryStream(httpcore.AsyncNetworkStream):
 
     def __init__(self, backend: MemoryBackend) -> None:
         self._backend = backend
+        # A socket for our pool to poll, as it polls a real connection's: the
+        # server never writes to it, so it never reads as closed.
+        self._socket, self._peer = socket.socketpair()
         self._inbound = bytearray()
         self._request = bytearray()
 
@@ -76,6 +80,8 @@ class MemoryStream(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         self._backend.closed += 1
+        self._socket.close()
+        self._peer.close()
 
     async def start_tls(
         self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
@@ -85,6 +91,8 @@ class MemoryStream(httpcore.AsyncNetworkStream):
     def get_extra_info(self, info: str) -> Any:
         if info == "ssl_object":
             return _SSLObject()
+        if info == "socket":
+            return self._socket
         if info == "is_readable":
             # An idle connection whose server has not closed it.
             return bool(self._inbound)

@@ -28,9 +28,10 @@ import faults
 import loopback
 import memory
 import overhead
+import pool
 from _common import HERE, ROOT, log, machine, table, versions
 
-SECTIONS = ("overhead", "loopback", "sniffio", "faults", "memory")
+SECTIONS = ("overhead", "loopback", "pool", "sniffio", "faults", "memory")
 #: Run only when asked (--instructions): valgrind, a few minutes more.
 OPTIONAL = ("instructions",)
 INSTRUCTION_KEYS = [
@@ -50,6 +51,7 @@ FULL = {
     "sniffio": {"rounds": 4, "seconds": 0.25},
     "faults": {"scale": 1.0},
     "memory": {"mb": 500, "repeat": 1},
+    "pool": {},
     "instructions": {"n": 1000},
 }
 QUICK = {
@@ -58,6 +60,7 @@ QUICK = {
     "sniffio": {"rounds": 2, "seconds": 0.1},
     "faults": {"scale": 0.3},
     "memory": {"mb": 50, "repeat": 1},
+    "pool": {},
     "instructions": {"n": 300},
 }
 
@@ -89,6 +92,8 @@ def run_section(name: str, params: dict[str, Any]) -> dict[str, Any]:
         result = asyncio.run(faults.run(**params))
     elif name == "memory":
         result = memory.run(**params)
+    elif name == "pool":
+        result = pool.run(**params)
     elif name == "instructions":
         import hotpath
 
@@ -106,6 +111,19 @@ def run_section(name: str, params: dict[str, Any]) -> dict[str, Any]:
                 [[key, v / 1000, v / bare_h1] for (key, _, _), v in loopback_counts.items()],
             )
         )
+        # What the GOAWAY guard and the request ID cost on HTTP/2 (issue 17).
+        h2_counts = hotpath.loopback_instructions(hotpath.H2_CASES, n=max(100, params["n"] // 3))
+        result["loopback_h2_sequential"] = {key: v for (key, _, _), v in h2_counts.items()}
+        result["h2_costs"] = hotpath.h2_costs(h2_counts)
+        text += (
+            "\n\nClient CPU instructions per request on loopback, HTTP/2 sequential, and what "
+            "the GOAWAY guard (before any GOAWAY) and the request ID add:\n"
+            + table(
+                ["configuration", "k instr/req"],
+                [[key, v / 1000] for (key, _, _), v in h2_counts.items()]
+                + [[f"= {name}", v / 1000] for name, v in result["h2_costs"].items()],
+            )
+        )
         result["text"] = text
     else:
         raise KeyError(name)
@@ -121,6 +139,7 @@ RENDER = {
     "sniffio": loopback.render_sniffio,
     "faults": faults.render,
     "memory": memory.render,
+    "pool": pool.render,
 }
 
 TITLES = {
@@ -130,6 +149,7 @@ TITLES = {
     "sniffio": "2b. Fresh install: httpcore with and without sniffio (loopback)",
     "faults": "3. Under faults (the fault server in its own process)",
     "memory": "4. Memory while streaming",
+    "pool": "2c. The pool under bursts of HTTP/1.1 requests (in memory; deterministic)",
 }
 
 
@@ -286,6 +306,93 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 ),
                 worst <= 10 and all(r["complete"] for r in rows),
             )
+    out += targets_17(results)
+    return out
+
+
+#: Measured before issue 17, on this machine (valgrind, loopback HTTP/2
+#: sequential, 300 requests; ``hotpath.py h2-instructions`` at commit cfc995e):
+#: the guard's instructions per request before any GOAWAY, and the request ID's.
+GUARD_BEFORE = 148_300
+REQUEST_ID_BEFORE = 211_000
+#: The GOAWAY scenario's p50 / p99 (ms) when issue 17 was filed.
+GOAWAY_BEFORE_MS = (643.0, 3300.0)
+
+
+def targets_17(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The targets of issue 17: bursts, GOAWAY latency, the HTTP/2 hot path."""
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, measured: str, met: bool | None) -> None:
+        status = {True: "met", False: "MISSED", None: "n/a"}[met]
+        out.append({"target": target, "measured": measured, "status": status})
+
+    if "loopback" in results:
+        rows = results["loopback"]["rows"]
+        cells = sorted({row["cell"] for row in rows})
+        parts, ok = [], True
+        for cell in cells:
+            ours, full = (_row(rows, cell=cell, key=k) for k in ("http_transport", "full_noop"))
+            if ours and full:
+                parts.append(f"{cell}: {ours['ratio']:.2f} / {full['ratio']:.2f}")
+                ok = ok and ours["ratio"] >= 1.0 and full["ratio"] >= 0.97
+        add(
+            "(17) every loopback cell: HTTPTransport >= 1.0x bare, full stack >= 0.97x",
+            "HTTPTransport / full stack, x bare throughput: " + "; ".join(parts),
+            ok if parts else None,
+        )
+        full, bare = (
+            _row(rows, cell="HTTP/1.1 50 concurrent", key=k) for k in ("full_noop", "bare")
+        )
+        if full and bare:
+            add(
+                "(17) HTTP/1.1 50 concurrent: full stack opens <= 60 connections and beats bare",
+                f"{full['opened_total']} connections opened over the run (bare: "
+                f"{bare['opened_total']}); {full['ratio']:.2f}x bare throughput",
+                full["opened_total"] <= 60 and full["ratio"] > 1.0,
+            )
+    if "pool" in results:
+        rows = {row["key"]: row for row in results["pool"]["rows"]}
+        if "full" in rows and "bare" in rows:
+            full, bare = rows["full"], rows["bare"]
+            add(
+                "(17) bursts of 50 in memory: the full stack reopens no connection",
+                f"{full['opened']} opened after the first burst, "
+                f"{full['per_request'].get('assign', 0):.1f} pool passes per request "
+                f"(bare httpx: {bare['opened']}, {bare['per_request'].get('assign', 0):.1f})",
+                full["opened"] == 0,
+            )
+    if "faults" in results:
+        ours = _row(results["faults"]["goaway"]["rows"], key="ours")
+        if ours:
+            p50, p99 = ours["ALL"]["p50_ms"], ours["ALL"]["p99_ms"]
+            add(
+                "(17) GOAWAY scenario: p50 and p99 at most half of issue 17's "
+                f"({GOAWAY_BEFORE_MS[0]:.0f} / {GOAWAY_BEFORE_MS[1]:.0f} ms, an earlier run)",
+                f"{p50:.0f} / {p99:.0f} ms ({p50 / GOAWAY_BEFORE_MS[0]:.2f} / "
+                f"{p99 / GOAWAY_BEFORE_MS[1]:.2f} of it); {ours['GET']['succeeded']}/"
+                f"{ours['GET']['requests']} GETs ok, "
+                f"{ours['POST']['processed_more_than_once']} POSTs processed twice",
+                p50 <= GOAWAY_BEFORE_MS[0] / 2
+                and p99 <= GOAWAY_BEFORE_MS[1] / 2
+                and ours["GET"]["succeeded"] == ours["GET"]["requests"]
+                and ours["POST"]["processed_more_than_once"] == 0,
+            )
+    costs = results.get("instructions", {}).get("h2_costs")
+    if costs:
+        add(
+            "(17, deterministic) HTTP/2: the guard's instructions per request before any GOAWAY halved",
+            f"{costs['guard'] / 1000:+.0f}k vs {GUARD_BEFORE / 1000:+.0f}k before "
+            f"({costs['guard'] / GUARD_BEFORE:.2f} of it)",
+            costs["guard"] <= GUARD_BEFORE / 2,
+        )
+        add(
+            "(17, deterministic) HTTP/2: the request ID's instructions at most 1/3 of before",
+            f"{costs['request_id'] / 1000:+.0f}k vs {REQUEST_ID_BEFORE / 1000:+.0f}k before "
+            f"({costs['request_id'] / REQUEST_ID_BEFORE:.2f} of it; a fixed ID: "
+            f"{costs['fixed_request_id'] / 1000:+.0f}k)",
+            costs["request_id"] <= REQUEST_ID_BEFORE / 3,
+        )
     return out
 
 
@@ -320,7 +427,7 @@ def results_md(payload: dict[str, Any]) -> str:
         ),
         "- " + ", ".join(f"{k} {val}" for k, val in v.items()),
         "",
-        "## Targets (issue 7)",
+        "## Targets (issues 7, 13, 14 and 17)",
         "",
         render_targets(payload["targets"]),
         "",

@@ -47,7 +47,9 @@ async def test_bursts_reuse_the_connections_of_the_first(servers: ServerThread) 
     assert [burst.count(False) for burst in later] == [0, 0, 0]
 
 
-async def test_idle_connections_past_max_keepalive_close(servers: ServerThread) -> None:
+async def test_idle_connections_past_max_keepalive_stay_for_the_next_burst(
+    servers: ServerThread,
+) -> None:
     limits = httpx.Limits(max_connections=20, max_keepalive_connections=3)
     transport = HTTPTransport(verify=servers.ssl_context, http2=False, limits=limits)
     url = servers.tls_url + "/delay?seconds=0.1"
@@ -55,6 +57,22 @@ async def test_idle_connections_past_max_keepalive_close(servers: ServerThread) 
         first = await _burst(client, url, 10)
         second = await _burst(client, url, 10)
     assert first.count(False) == 10  # all at once: ten connections
+    assert second.count(True) == 10  # idle for less than SURPLUS_IDLE: all kept
+
+
+async def test_idle_connections_past_max_keepalive_close_once_idle_a_while(
+    servers: ServerThread,
+) -> None:
+    from .flavour._goaway import SURPLUS_IDLE
+
+    limits = httpx.Limits(max_connections=20, max_keepalive_connections=3)
+    transport = HTTPTransport(verify=servers.ssl_context, http2=False, limits=limits)
+    url = servers.tls_url + "/delay?seconds=0.1"
+    async with httpx.AsyncClient(transport=transport) as client:
+        first = await _burst(client, url, 10)
+        await anyio.sleep(SURPLUS_IDLE + 0.2)
+        second = await _burst(client, url, 10)
+    assert first.count(False) == 10
     assert second.count(True) == 3  # three of them kept
 
 

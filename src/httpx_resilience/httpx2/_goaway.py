@@ -156,6 +156,10 @@ class _PoolBook:
         self.made = 0
 
 
+#: Seconds an idle HTTP/1.1 connection past max_keepalive_connections stays
+#: open, for the next request of a burst or of steady load to take.
+SURPLUS_IDLE = 1.0
+
 #: Whether the pool counts every connection again for each idle one on each
 #: pass, and closes an idle one whenever more connections than
 #: max_keepalive_connections are open, idle or not (httpcore2 1.0.9; httpcore2
@@ -457,6 +461,7 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         if not self._idle():
             return super().has_expired()
         readable = state.readable
+        since = None
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
@@ -475,13 +480,15 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         if book.keep is None:
             return False
         # Idle connections past max_keepalive_connections go, the ones the
-        # pass comes to last (the newest): httpcore2 1.0.9 would close one
-        # whenever more connections than that are open, busy or not.
+        # pass comes to last (the newest), once idle for SURPLUS_IDLE: under
+        # steady load some are idle at any moment, between a response and
+        # the next request. httpcore2 1.0.9 would close one whenever more
+        # connections than that are open, busy or not.
         book.idle_seen += 1
         if book.idle_seen <= book.keep:
             return False
         book.idle_seen -= 1
-        return True
+        return since is None or time.monotonic() - since > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.
@@ -539,9 +546,10 @@ class GuardedConnectionPool(httpcore2.AsyncConnectionPool):
         # anyio runs on asyncio and trio alike (httpcore2's AutoBackend is private).
         backend = network_backend or httpcore2.AnyIOBackend()
         keep = limits.get("max_keepalive_connections")
-        if _QUADRATIC_POOL and keep is not None:
-            # Our connections count the idle ones (see has_expired); httpcore2
-            # 1.0.9 would count all of them, busy ones too.
+        if keep is not None:
+            # Our connections count the idle ones, and keep those past the
+            # count for SURPLUS_IDLE (see _expired); httpcore2 1.0.9 would
+            # count all of them, busy ones too, and both close them at once.
             limits["max_keepalive_connections"] = None
             keep = min(keep, limits.get("max_connections") or keep)
         else:
@@ -883,6 +891,7 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         if not self._idle():
             return super().has_expired()
         readable = state.readable
+        since = None
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
@@ -901,13 +910,15 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         if book.keep is None:
             return False
         # Idle connections past max_keepalive_connections go, the ones the
-        # pass comes to last (the newest): httpcore2 1.0.9 would close one
-        # whenever more connections than that are open, busy or not.
+        # pass comes to last (the newest), once idle for SURPLUS_IDLE: under
+        # steady load some are idle at any moment, between a response and
+        # the next request. httpcore2 1.0.9 would close one whenever more
+        # connections than that are open, busy or not.
         book.idle_seen += 1
         if book.idle_seen <= book.keep:
             return False
         book.idle_seen -= 1
-        return True
+        return since is None or time.monotonic() - since > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.
@@ -965,9 +976,10 @@ class SyncGuardedConnectionPool(httpcore2.ConnectionPool):
         # anyio runs on asyncio and trio alike (httpcore2's AutoBackend is private).
         backend = network_backend or httpcore2.SyncBackend()
         keep = limits.get("max_keepalive_connections")
-        if _QUADRATIC_POOL and keep is not None:
-            # Our connections count the idle ones (see has_expired); httpcore2
-            # 1.0.9 would count all of them, busy ones too.
+        if keep is not None:
+            # Our connections count the idle ones, and keep those past the
+            # count for SURPLUS_IDLE (see _expired); httpcore2 1.0.9 would
+            # count all of them, busy ones too, and both close them at once.
             limits["max_keepalive_connections"] = None
             keep = min(keep, limits.get("max_connections") or keep)
         else:
