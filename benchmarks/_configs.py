@@ -65,37 +65,56 @@ async def uuid4_request_id(request: httpx.Request) -> None:
         request.headers["X-Request-ID"] = uuid.uuid4().hex
 
 
+def uuid4_request_id_sync(request: httpx.Request) -> None:
+    """The same hook for ``httpx.Client`` (whose event hooks are plain functions)."""
+    if "X-Request-ID" not in request.headers:
+        request.headers["X-Request-ID"] = uuid.uuid4().hex
+
+
 @dataclass
 class Built:
-    transport: httpx.AsyncBaseTransport
+    #: An httpx or httpx2 transport, async or sync (ours serve both).
+    transport: Any
     hooks: dict[str, list[Callable[..., Any]]] = field(default_factory=dict)
     sdk: Sdk | None = None
 
 
-def otel_transport(inner: httpx.AsyncBaseTransport, sdk: Sdk | None) -> httpx.AsyncBaseTransport:
-    from opentelemetry.instrumentation.httpx import AsyncOpenTelemetryTransport
-
-    if sdk is None:
-        return AsyncOpenTelemetryTransport(inner)
-    return AsyncOpenTelemetryTransport(
-        inner, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
+def otel_transport(inner: Any, sdk: Sdk | None, sync: bool = False) -> Any:
+    """OpenTelemetry's ``AsyncOpenTelemetryTransport`` around ``inner``, or with
+    ``sync`` its ``SyncOpenTelemetryTransport`` (for ``httpx.Client``)."""
+    from opentelemetry.instrumentation.httpx import (
+        AsyncOpenTelemetryTransport,
+        SyncOpenTelemetryTransport,
     )
 
+    cls = SyncOpenTelemetryTransport if sync else AsyncOpenTelemetryTransport
+    if sdk is None:
+        return cls(inner)
+    return cls(inner, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider)
 
-def peers(inner: httpx.AsyncBaseTransport, sdk: Sdk | None, retry: Any = None) -> Built:
+
+def peers(inner: Any, sdk: Sdk | None, retry: Any = None, sync: bool = False) -> Built:
     """httpx-retries around OpenTelemetry's transport (a span per attempt), plus a
-    uuid4 request-ID hook: what a user assembles today."""
+    uuid4 request-ID hook: what a user assembles today. ``sync``: the same for
+    ``httpx.Client`` (OTel's sync transport, a plain-function hook; httpx-retries'
+    ``RetryTransport`` serves both). httpx only: neither peer supports httpx2."""
     from httpx_retries import RetryTransport
 
     return Built(
-        RetryTransport(transport=otel_transport(inner, sdk), retry=retry),
-        {"request": [uuid4_request_id]},
+        RetryTransport(transport=otel_transport(inner, sdk, sync), retry=retry),
+        {"request": [uuid4_request_id_sync if sync else uuid4_request_id]},
         sdk,
     )
 
 
-def ours_full(inner: httpx.AsyncBaseTransport, sdk: Sdk | None, **options: Any) -> Built:
-    from httpx_resilience import resilient_transport
+def ours_full(
+    inner: Any, sdk: Sdk | None, module: str = "httpx_resilience", **options: Any
+) -> Built:
+    """``resilient_transport(base=inner)`` of ``module``: ``httpx_resilience`` for
+    httpx, ``httpx_resilience.httpx2`` for httpx2 (async and sync clients alike)."""
+    import importlib
+
+    resilient_transport = importlib.import_module(module).resilient_transport
 
     if sdk is None:
         return Built(resilient_transport(base=inner, **options))

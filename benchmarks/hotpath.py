@@ -233,7 +233,7 @@ async def steps() -> list[tuple[str, Any]]:
     except ImportError as exc:
         rows.append(("_options.request_options(request)", f"n/a ({exc})"))
     try:
-        from httpx_resilience._budget import origin_of
+        from httpx_resilience._origin import origin_of
 
         attempt("_budget.origin_of(request.url)", lambda: origin_of(req.url))
         retry = hr.RetryTransport(fixed)
@@ -353,6 +353,10 @@ COMMON_IMPORTS = (
     "opentelemetry.instrumentation.httpx",
     "opentelemetry.sdk.metrics",
     "opentelemetry.sdk.trace",
+) + (
+    ("httpx2", "httpx_resilience.httpx2", "httpx_resilience.httpx2._tracing")
+    if overhead.HTTPX2
+    else ()
 )
 
 
@@ -378,6 +382,17 @@ def _count_child(key: str, n: int) -> None:
 
     for module in COMMON_IMPORTS:
         importlib.import_module(module)
+
+    if key not in VARIANTS and overhead.kind_of(key).sync:  # httpx.Client, httpx2.Client
+        client, built = overhead.make_client(key)
+        for _ in range(200):
+            client.get(URL)
+        _settle_heap()
+        for _ in range(n):
+            client.get(URL)
+        if built.sdk:
+            built.sdk.clear()
+        return
 
     async def go() -> None:
         if key in VARIANTS:
@@ -459,12 +474,19 @@ def instructions_report(keys: list[str], n: int = 1000) -> tuple[str, dict[str, 
 
     if "bare" not in keys:
         keys = ["bare", *keys]
+    # Each client's rows after its bare row (other clients: sync, httpx2), x its bare.
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(overhead.bare_of(key), []).append(key)
+    keys = [k for bare_key, ks in groups.items() for k in dict.fromkeys([bare_key, *ks])]
     labels = {k: label for k, label, _ in overhead.CONFIGS}
     labels.update({k: label for k, (label, _) in VARIANTS.items()})
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         found = dict(zip(keys, pool.map(lambda k: instructions(k, n), keys), strict=True))
-    bare = found["bare"]
-    rows = [[labels.get(k, k), v / 1000, v / bare, (v - bare) / 1000] for k, v in found.items()]
+    rows = []
+    for k, v in found.items():
+        bare = found[overhead.bare_of(k)]
+        rows.append([labels.get(k, k), v / 1000, v / bare, (v - bare) / 1000])
     text = f"CPU instructions per request (valgrind, {n} requests, user space):\n" + table(
         ["configuration", "k instr/req", "x bare", "+k instr vs bare"], rows
     )
@@ -479,7 +501,7 @@ import httpx, overhead
 import httpx_resilience as hr
 from httpx_resilience import _tracing, _otel_context as oc
 from httpx_resilience._options import request_options
-from httpx_resilience._budget import origin_of
+from httpx_resilience._origin import origin_of
 URL = overhead.URL
 F = overhead.FixedTransport()
 req = httpx.Request("GET", URL)

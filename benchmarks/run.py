@@ -5,7 +5,7 @@
     python benchmarks/run.py --only overhead # or loopback, sniffio, faults, memory
     python benchmarks/run.py --instructions  # also count instructions (valgrind)
 
-Prints the tables and the targets of issue 7, writes
+Prints the tables and the targets of issues 7, 13 and 14, writes
 ``benchmarks/results/latest.json`` and, when every section ran,
 ``benchmarks/RESULTS.md``. See ``benchmarks/README.md`` for how to read them.
 """
@@ -43,6 +43,24 @@ INSTRUCTION_KEYS = [
     "full_sdk",
     "peers_noop",
     "peers_sdk",
+    # httpx.Client (issue 14) and httpx2 (issue 13), each x its own bare client.
+    "sync_bare",
+    "sync_full_noop",
+    "sync_full_sdk",
+    "sync_peers_noop",
+    "sync_peers_sdk",
+    *(
+        ["httpx2_bare", "httpx2_full_noop", "httpx2_sync_bare", "httpx2_sync_full_noop"]
+        if overhead.HTTPX2
+        else []
+    ),
+]
+
+#: The full stack (no-op tracing) of each other client and its bare row: <= 1.15x.
+OTHER_CLIENTS = [
+    ("httpx.Client (sync)", "sync_bare", "sync_full_noop"),
+    ("httpx2.AsyncClient (httpx_resilience.httpx2)", "httpx2_bare", "httpx2_full_noop"),
+    ("httpx2.Client (httpx_resilience.httpx2)", "httpx2_sync_bare", "httpx2_sync_full_noop"),
 ]
 
 FULL = {
@@ -164,7 +182,7 @@ def _row(rows: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 7: what was measured, and met or missed."""
+    """Each target of issues 7, 13 and 14: what was measured, and met or missed."""
     out: list[dict[str, Any]] = []
 
     def add(target: str, measured: str, met: bool | None) -> None:
@@ -194,6 +212,26 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"({sdk['added_us'] / peers['added_us']:.2f} of it)",
                 sdk["added_us"] <= 0.5 * peers["added_us"],
             )
+        for client, bare_key, full_key in OTHER_CLIENTS:
+            bare, full = _row(rows, key=bare_key), _row(rows, key=full_key)
+            if bare and full:
+                add(
+                    f"{client}: full stack, no-op tracing: <= 1.15x bare in process",
+                    f"{full['ratio']:.3f}x, +{full['added_us']:.1f} µs at "
+                    f"{bare['us_per_request']:.0f} µs bare",
+                    full["ratio"] <= 1.15,
+                )
+        sdk, peers = _row(rows, key="sync_full_sdk"), _row(rows, key="sync_peers_sdk")
+        if sdk and peers:
+            noop = _row(rows, key="sync_peers_noop")
+            add(
+                "httpx.Client (sync): full stack, SDK: added cost <= 1/2 of httpx-retries "
+                "+ OTel sync + uuid4 (SDK)",
+                f"+{sdk['added_us']:.0f} µs vs +{peers['added_us']:.0f} µs "
+                f"({sdk['added_us'] / peers['added_us']:.2f} of it)"
+                + (f"; peers no-op: {noop['ratio']:.2f}x bare" if noop else ""),
+                sdk["added_us"] <= 0.5 * peers["added_us"],
+            )
     if "instructions" in results:
         counts = results["instructions"]["instructions_per_request"]
         bare = counts["bare"]
@@ -208,6 +246,28 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             mine, theirs = counts["full_sdk"] - bare, counts["peers_sdk"] - bare
             add(
                 "(deterministic) full stack, SDK: <= 1/2 the added instructions of the peers (SDK)",
+                f"{mine / 1000:+.0f}k vs {theirs / 1000:+.0f}k ({mine / theirs:.2f} of it)",
+                mine <= 0.5 * theirs,
+            )
+        for client, bare_key, full_key in OTHER_CLIENTS:
+            if bare_key in counts and full_key in counts:
+                ratio = counts[full_key] / counts[bare_key]
+                add(
+                    f"(deterministic) {client}: full stack, no-op: <= 1.15x bare in CPU "
+                    "instructions, in process",
+                    f"{ratio:.3f}x ({(counts[full_key] - counts[bare_key]) / 1000:+.0f}k "
+                    f"instructions on {counts[bare_key] / 1000:.0f}k)",
+                    ratio <= 1.15,
+                )
+        if all(k in counts for k in ("sync_bare", "sync_full_sdk", "sync_peers_sdk")):
+            sync_bare = counts["sync_bare"]
+            mine, theirs = (
+                counts["sync_full_sdk"] - sync_bare,
+                counts["sync_peers_sdk"] - sync_bare,
+            )
+            add(
+                "(deterministic) httpx.Client (sync): full stack, SDK: <= 1/2 the added "
+                "instructions of the peers (SDK)",
                 f"{mine / 1000:+.0f}k vs {theirs / 1000:+.0f}k ({mine / theirs:.2f} of it)",
                 mine <= 0.5 * theirs,
             )
