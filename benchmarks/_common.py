@@ -190,3 +190,34 @@ def _cell(value: Any) -> str:
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def valgrind_instructions(script: str, args: Sequence[str], timeout: float = 900) -> int:
+    """User-space CPU instructions of ``python script *args`` under valgrind.
+
+    Cachegrind without its cache simulation counts every instruction the
+    process runs: the same figure on every run of the same work, however
+    busy the machine is.
+    """
+    import re
+
+    proc = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            script,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        check=False,
+    )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+    if proc.returncode != 0 or not found:
+        raise RuntimeError(f"valgrind run failed for {list(args)}:\n{proc.stderr[-2000:]}")
+    return int(found.group(1).replace(",", ""))

@@ -414,33 +414,12 @@ def _count_child(key: str, n: int) -> None:
 def counted(args: list[str], n: int, timeout: float = 900) -> float:
     """Instructions per unit of work: this script run under valgrind with ``args``
     and a count of 0, then of ``n``, the difference divided by ``n``."""
-    import re
-    import subprocess
+    from _common import valgrind_instructions
 
-    totals = []
-    for count in (0, n):
-        proc = subprocess.run(
-            [
-                "valgrind",
-                "--tool=cachegrind",
-                "--cache-sim=no",
-                "--cachegrind-out-file=/dev/null",
-                sys.executable,
-                __file__,
-                *args,
-                str(count),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, "PYTHONHASHSEED": "0"},
-            check=False,
-        )
-        found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-        if proc.returncode != 0 or not found:
-            raise RuntimeError(f"valgrind run failed for {args}:\n{proc.stderr[-2000:]}")
-        totals.append(int(found.group(1).replace(",", "")))
-    return (totals[1] - totals[0]) / n
+    zero, full = (
+        valgrind_instructions(__file__, [*args, str(count)], timeout) for count in (0, n)
+    )
+    return (full - zero) / n
 
 
 def instructions(key: str, n: int) -> float:
@@ -764,7 +743,7 @@ def pool_report(keys: list[str], rounds: int = 4) -> tuple[str, dict[str, Any]]:
     ]
     text = (
         f"CPU instructions per request, HTTP/1.1 bursts of {pool.TASKS} in memory (valgrind, "
-        f"{rounds} x {per_round} requests; no TLS, no sockets):\n"
+        f"{rounds} x {per_round} requests; no TLS, no network):\n"
         + table(["configuration", "k instr/req", "x bare"], rows)
     )
     return text, {"instructions_per_request": found}

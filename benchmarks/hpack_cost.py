@@ -22,12 +22,11 @@ from __future__ import annotations
 import base64
 import itertools
 import os
-import re
-import subprocess
 import sys
 from collections.abc import Callable
 
 import hpack
+from _common import valgrind_instructions
 
 HEADERS = [
     (b":method", b"GET"),
@@ -115,25 +114,7 @@ def _ids_child(case: str, count: int) -> None:
 
 
 def _count(args: list[str]) -> int:
-    proc = subprocess.run(
-        [
-            "valgrind",
-            "--tool=cachegrind",
-            "--cache-sim=no",
-            "--cachegrind-out-file=/dev/null",
-            sys.executable,
-            __file__,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONHASHSEED": "0"},
-        check=False,
-    )
-    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"valgrind failed for {args}:\n{proc.stderr[-2000:]}")
-    return int(found.group(1).replace(",", ""))
+    return valgrind_instructions(__file__, args)
 
 
 def per_request(case: str, n: int) -> float:
