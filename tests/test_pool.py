@@ -130,3 +130,11 @@ def test_sync_bursts_from_threads_reuse_the_connections_of_the_first(
         later = [list(threads.map(one, range(20))) for _ in range(3)]
     assert 1 <= first.count(False) <= 20
     assert [burst.count(False) for burst in later] == [0, 0, 0]
+
+
+async def test_no_keepalive_closes_every_connection_once_idle(servers: ServerThread) -> None:
+    limits = httpx.Limits(max_connections=10, max_keepalive_connections=0)
+    transport = HTTPTransport(verify=servers.ssl_context, http2=False, limits=limits)
+    async with httpx.AsyncClient(transport=transport) as client:
+        responses = [await client.get(servers.tls_url + "/echo") for _ in range(3)]
+    assert [r.extensions["timings"].connection_reused for r in responses] == [False] * 3

@@ -486,7 +486,8 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
         if book.idle_seen <= book.keep:
             return False
         book.idle_seen -= 1
-        return since is None or time.monotonic() - since > SURPLUS_IDLE
+        # With max_keepalive_connections=0 none is kept, not even for a while.
+        return since is None or not book.keep or time.monotonic() - since > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.
@@ -916,7 +917,8 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
         if book.idle_seen <= book.keep:
             return False
         book.idle_seen -= 1
-        return since is None or time.monotonic() - since > SURPLUS_IDLE
+        # With max_keepalive_connections=0 none is kept, not even for a while.
+        return since is None or not book.keep or time.monotonic() - since > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.
