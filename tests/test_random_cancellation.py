@@ -44,6 +44,7 @@ from httpx_resilience.testing import Delay, FaultPlan, FaultServer, Respond, Slo
 from .flavour import HedgingPolicy, httpx, resilient_transport
 from .flavour._goaway import CANCEL_GRACE
 from .leaks import (
+    UNFINISHED_BODIES,
     Recording,
     collect_unclosed,
     connections_in_use,
@@ -55,18 +56,7 @@ from .raw_server import RawConnection, RawServer
 from .servers import LOOPBACK, closed_port
 from .servers import _shared_ca as shared_ca
 
-pytestmark = [
-    pytest.mark.anyio,
-    # Under trio, a body cut short by the cancellation leaves the async
-    # generators of httpx and httpcore (or httpx2's) suspended,
-    # one inside the other, as bare httpx does: trio finalizes each when it is
-    # garbage collected, with this warning. The test collects them before it
-    # ends, while this filter applies.
-    pytest.mark.filterwarnings(
-        r"ignore:Async generator '(httpx2?|httpcore2?)\.[\w.]+' "
-        r"was garbage collected before it had been exhausted:ResourceWarning"
-    ),
-]
+pytestmark = [pytest.mark.anyio, UNFINISHED_BODIES]
 
 CANCELLATIONS = 200
 #: Requests in flight at once, all on the one transport.

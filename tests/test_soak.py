@@ -43,6 +43,7 @@ from httpx_resilience.testing import (
 
 from .flavour import httpx, resilient_transport
 from .leaks import (
+    UNFINISHED_BODIES,
     Recording,
     collect_unclosed,
     connections_in_use,
@@ -51,20 +52,7 @@ from .leaks import (
     open_fds,
 )
 
-pytestmark = [
-    pytest.mark.anyio,
-    # Under trio, a body left unread (the streamed GETs close after one chunk,
-    # a failed POST leaves its request body) leaves the async generators of
-    # httpx and httpcore (or httpx2 and httpcore2) suspended, one inside the
-    # other, as bare httpx does: trio finalizes each when it is garbage
-    # collected, with this warning. Nothing leaks (the pool closes the
-    # connections); the test collects them before it ends, while this filter
-    # applies.
-    pytest.mark.filterwarnings(
-        r"ignore:Async generator '(httpx2?|httpcore2?)\.[\w.]+' "
-        r"was garbage collected before it had been exhausted:ResourceWarning"
-    ),
-]
+pytestmark = [pytest.mark.anyio, UNFINISHED_BODIES]
 
 #: Requests per combination of event loop and protocol: 5,000 over the four.
 #: (5,000 per combination took 26 s for asyncio and HTTP/1.1 alone on a

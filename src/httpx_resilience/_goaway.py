@@ -459,7 +459,7 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
         if not self._idle():
             return super().has_expired()
         readable = state.readable
-        since = None
+        idle_for = None
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
@@ -470,8 +470,9 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
             since = self._idle_since
             if since is None:
                 since = self._idle_since = now
+            idle_for = now - since
             expiry = self._keepalive_expiry
-            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+            expired = state.draining or (expiry is not None and idle_for > expiry) or readable()
         if expired:
             return True
         book = self._book
@@ -487,7 +488,7 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
             return False
         book.idle_seen -= 1
         # With max_keepalive_connections=0 none is kept, not even for a while.
-        return since is None or not book.keep or time.monotonic() - since > SURPLUS_IDLE
+        return idle_for is None or not book.keep or idle_for > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.
@@ -890,7 +891,7 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
         if not self._idle():
             return super().has_expired()
         readable = state.readable
-        since = None
+        idle_for = None
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
@@ -901,8 +902,9 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
             since = self._idle_since
             if since is None:
                 since = self._idle_since = now
+            idle_for = now - since
             expiry = self._keepalive_expiry
-            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+            expired = state.draining or (expiry is not None and idle_for > expiry) or readable()
         if expired:
             return True
         book = self._book
@@ -918,7 +920,7 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
             return False
         book.idle_seen -= 1
         # With max_keepalive_connections=0 none is kept, not even for a while.
-        return since is None or not book.keep or time.monotonic() - since > SURPLUS_IDLE
+        return idle_for is None or not book.keep or idle_for > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.

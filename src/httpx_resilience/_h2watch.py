@@ -239,6 +239,27 @@ class _Frames:
         self.complete = self.remaining == 0
         return view[len(take) :]
 
+    # For the fast scans of H2Watch, which read whole frames in place and
+    # keep only a frame cut at the end of a chunk here.
+
+    def rest_of_kept(self, size: int) -> tuple[int, bool]:
+        """Pass over what a chunk of ``size`` bytes holds of a kept frame begun earlier.
+
+        Returns where the next frame starts (``size`` if the chunk is all
+        that frame's), and whether the kept frame ended in this chunk.
+        """
+        left = self.remaining
+        if left > size:
+            self.remaining = left - size
+            return size, False
+        self.remaining = 0
+        return left, True
+
+    def keep_cut(self, kind: int, flags: int, stream_id: int, length: int, left: int) -> None:
+        """A kept frame whose last ``left`` payload bytes come in the next chunk."""
+        self.kind, self.flags, self.stream_id = kind, flags, stream_id
+        self.length, self.mode, self.remaining = length, _KEEP, left
+
 
 class H2Watch:
     """The frame bookkeeping behind ``GoawayGuardStream``, free of I/O."""
@@ -367,13 +388,11 @@ class H2Watch:
         if self._preface_left or frames.header or (frames.remaining and frames.mode != _KEEP):
             return 0
         size = len(data)
-        pos = frames.remaining
-        if pos:
-            if pos > size:
-                frames.remaining = pos - size
-                return size
-            frames.remaining = 0
-            self._sent_kept(frames.kind, frames.flags, frames.stream_id, frames.length)
+        pos = 0
+        if frames.remaining:
+            pos, ended = frames.rest_of_kept(size)
+            if ended:
+                self._sent_kept(frames.kind, frames.flags, frames.stream_id, frames.length)
         muted = self._muted
         unpack = _FRAME_HEADER.unpack_from
         while pos + 9 <= size:
@@ -389,8 +408,7 @@ class H2Watch:
                 self._on_settings(data, pos + 9, end, server=False)
             elif end > size:
                 # Its payload goes on in the next write: kept, and counted once whole.
-                frames.kind, frames.flags, frames.stream_id = kind, flags, stream_id
-                frames.length, frames.mode, frames.remaining = length, _KEEP, end - size
+                frames.keep_cut(kind, flags, stream_id, length, end - size)
                 return size
             else:
                 self._sent_kept(kind, flags, stream_id, length)
@@ -403,13 +421,11 @@ class H2Watch:
         if frames.header or (frames.remaining and frames.mode != _KEEP):
             return 0
         size = len(data)
-        pos = frames.remaining
-        if pos:
-            if pos > size:
-                frames.remaining = pos - size
-                return size
-            frames.remaining = 0
-            self._received_kept(frames.kind, frames.flags, frames.stream_id)
+        pos = 0
+        if frames.remaining:
+            pos, ended = frames.rest_of_kept(size)
+            if ended:
+                self._received_kept(frames.kind, frames.flags, frames.stream_id)
         unpack = _FRAME_HEADER.unpack_from
         while pos + 9 <= size:
             high, low, kind, flags, stream_id = unpack(data, pos)
@@ -422,8 +438,7 @@ class H2Watch:
                 ):
                     return pos
             elif end > size:
-                frames.kind, frames.flags, frames.stream_id = kind, flags, stream_id
-                frames.length, frames.mode, frames.remaining = length, _KEEP, end - size
+                frames.keep_cut(kind, flags, stream_id, length, end - size)
                 return size
             elif flags & _END_STREAM and kind in (_DATA, _HEADERS):
                 self._open.discard(stream_id)

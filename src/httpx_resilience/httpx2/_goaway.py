@@ -461,7 +461,7 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         if not self._idle():
             return super().has_expired()
         readable = state.readable
-        since = None
+        idle_for = None
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
@@ -472,8 +472,9 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
             since = self._idle_since
             if since is None:
                 since = self._idle_since = now
+            idle_for = now - since
             expiry = self._keepalive_expiry
-            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+            expired = state.draining or (expiry is not None and idle_for > expiry) or readable()
         if expired:
             return True
         book = self._book
@@ -489,7 +490,7 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
             return False
         book.idle_seen -= 1
         # With max_keepalive_connections=0 none is kept, not even for a while.
-        return since is None or not book.keep or time.monotonic() - since > SURPLUS_IDLE
+        return idle_for is None or not book.keep or idle_for > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.
@@ -892,7 +893,7 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         if not self._idle():
             return super().has_expired()
         readable = state.readable
-        since = None
+        idle_for = None
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
@@ -903,8 +904,9 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
             since = self._idle_since
             if since is None:
                 since = self._idle_since = now
+            idle_for = now - since
             expiry = self._keepalive_expiry
-            expired = state.draining or (expiry is not None and now - since > expiry) or readable()
+            expired = state.draining or (expiry is not None and idle_for > expiry) or readable()
         if expired:
             return True
         book = self._book
@@ -920,7 +922,7 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
             return False
         book.idle_seen -= 1
         # With max_keepalive_connections=0 none is kept, not even for a while.
-        return since is None or not book.keep or time.monotonic() - since > SURPLUS_IDLE
+        return idle_for is None or not book.keep or idle_for > SURPLUS_IDLE
 
     def is_idle(self) -> bool:
         """Whether the connection carries no request, so that the pool may close it.
