@@ -324,6 +324,48 @@ async def test_a_request_cancelled_between_connect_and_first_byte_leaves_no_conn
     assert (backend.opened, backend.closed) == (4, 4)
 
 
+class ResetOnCancel(CancelOnConnect):
+    """Connects at once; the first read cancels ``scope`` and fails in the same breath.
+
+    No checkpoint between the two, as when httpcore hands a cancelled
+    request the write lock of a shared HTTP/2 connection and re-raises the
+    error another request's write stored there.
+    """
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.opened += 1
+        return _ResetStream(self)
+
+
+class _ResetStream(_AnsweringStream):
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        scope = self._backend.scope
+        assert scope is not None
+        scope.cancel()
+        raise httpcore.ReadError("connection reset by peer")
+
+
+async def test_an_error_raised_after_the_cancellation_gives_way_to_it() -> None:
+    """The caller asked to stop: it sees its cancellation, never the error that came with it."""
+    backend = ResetOnCancel()
+    transport = HTTPTransport(http2=False, network_backend=backend)
+    async with httpx.AsyncClient(transport=transport) as client:
+        for method in ("GET", "POST"):
+            with anyio.CancelScope() as scope:
+                backend.scope = scope
+                await client.request(method, f"http://{LOOPBACK}:9/", content=b"once")
+                pytest.fail("the request went on after its cancellation")
+            assert scope.cancelled_caught
+    assert (backend.opened, backend.closed) == (2, 2)
+
+
 # The write path itself, over a stream whose writes a test controls.
 
 

@@ -12,6 +12,8 @@ from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
+import anyio
+import anyio.lowlevel
 import httpcore2
 import httpx2
 
@@ -236,6 +238,9 @@ class _Pools:
             recorder.extensions = extensions
         try:
             response = await self._async_pool.handle_async_request(request)
+        except Exception:
+            await _async_cancellation_first()
+            raise
         finally:
             # The body's events (read, close) are the caller's business: they
             # go straight to the caller's own callback, if any, not through us.
@@ -277,6 +282,9 @@ class _Pools:
             recorder.extensions = extensions
         try:
             response = self._pool.handle_request(request)
+        except Exception:
+            _cancellation_first()
+            raise
         finally:
             # The body's events (read, close) are the caller's business: they
             # go straight to the caller's own callback, if any, not through us.
@@ -366,6 +374,22 @@ class _Closing:
 
 
 # unasync: generated end
+
+
+async def _async_cancellation_first() -> None:
+    """Raise the caller's cancellation, if any, in place of the error being raised.
+
+    httpcore2 may raise an error with no checkpoint after the caller was
+    cancelled: on a shared HTTP/2 connection, a request handed the write
+    lock just as its cancellation came re-raises the error another
+    request's write stored. The caller asked to stop; that is what it sees.
+    """
+    await anyio.lowlevel.checkpoint_if_cancelled()
+
+
+def _cancellation_first() -> None:
+    """Nothing cancels a sync request."""
+
 
 # httpcore2's exceptions as httpx2 raises them. Looked up along the raised
 # class's MRO, so the most specific match wins (ConnectTimeout before
