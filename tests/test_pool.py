@@ -11,7 +11,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from .flavour import PRODUCTION_LIMITS, HTTPTransport, httpx
+from .flavour import PRODUCTION_LIMITS, HTTPTransport, _goaway, httpx
 from .raw_server import RawConnection, RawServer
 from .servers import ServerThread
 
@@ -108,6 +108,50 @@ async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None
             second = await client.get(server.url)
     assert (first.text, second.text, served) == ("ok", "ok", 2)
     assert not second.extensions["timings"].connection_reused
+
+
+async def test_an_idle_http2_connection_the_server_closed_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Kept past httpx's 5 s only while quiet: a GOAWAY and close that came meanwhile end it.
+
+    No retry layer here: the stale connection would fail the second request.
+    """
+    monkeypatch.setattr(_goaway, "QUIET_AFTER", 0.1)
+    served = 0
+
+    async def handler(conn: RawConnection) -> None:
+        nonlocal served
+        (stream_id,) = await conn.h2_requests()
+        served += 1
+        await conn.h2_respond(stream_id, body=b"ok")
+        await anyio.sleep(0.1)  # the client is idle by now
+        conn.h2.close_connection(last_stream_id=stream_id)
+        await conn.h2_flush()
+
+    async with RawServer(handler, tls=True, alpn=("h2",)) as server:
+        limits = httpx.Limits(keepalive_expiry=30)
+        transport = HTTPTransport(verify=server.ssl_context, limits=limits)
+        async with httpx.AsyncClient(transport=transport) as client:
+            first = await client.get(server.url)
+            await anyio.sleep(0.4)  # idle past QUIET_AFTER, the GOAWAY and close arrived
+            second = await client.get(server.url)
+    assert (first.http_version, first.text, second.text, served) == ("HTTP/2", "ok", "ok", 2)
+    assert not second.extensions["timings"].connection_reused
+
+
+async def test_a_quiet_idle_http2_connection_is_reused_within_keepalive_expiry(
+    servers: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_goaway, "QUIET_AFTER", 0.1)
+    limits = httpx.Limits(keepalive_expiry=30)
+    transport = HTTPTransport(verify=servers.ssl_context, limits=limits)
+    async with httpx.AsyncClient(transport=transport) as client:
+        first = await client.get(servers.tls_url + "/echo")
+        await anyio.sleep(0.4)
+        second = await client.get(servers.tls_url + "/echo")
+    assert (first.http_version, second.http_version) == ("HTTP/2", "HTTP/2")
+    assert second.extensions["timings"].connection_reused
 
 
 def test_sync_bursts_from_threads_reuse_the_connections_of_the_first(

@@ -158,6 +158,13 @@ class _PoolBook:
 #: open, for the next request of a burst or of steady load to take.
 SURPLUS_IDLE = 1.0
 
+#: Seconds an idle connection is reused as it is (httpx's keepalive_expiry);
+#: idle longer, within its own keepalive_expiry, only while its socket has
+#: nothing to read. A server that closed an idle connection (an HTTP/2 one
+#: with GOAWAY first) makes it readable; so may frames an HTTP/2 server sent
+#: after its last response, which costs a new connection, as at httpx's 5 s.
+QUIET_AFTER = 5.0
+
 #: Whether the pool counts every connection again for each idle one on each
 #: pass, and closes an idle one whenever more connections than
 #: max_keepalive_connections are open, idle or not (httpcore 1.0.9; httpcore2
@@ -210,7 +217,7 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
             # Plain TCP: h2c by prior knowledge starts with the preface.
             self._decided = True
             if buffer.startswith(PREFACE):
-                self._watch = H2Watch(self._state)
+                self._http2(self._stream)
             else:
                 self._http1(self._stream)
         watch = self._watch
@@ -231,6 +238,11 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
         state = self._state
         state.http1 = True
         state.readable = _readable_probe(stream.get_extra_info("socket"))
+
+    def _http2(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._decided = True
+        self._watch = H2Watch(self._state)
+        self._state.readable = _readable_probe(stream.get_extra_info("socket"))
 
     def _gone(self) -> None:
         # The server closed or the socket failed: the connection takes no new
@@ -261,8 +273,7 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
             return stream
         guarded = GoawayGuardStream(stream, self._state)
         if protocol == "h2":
-            guarded._decided = True
-            guarded._watch = H2Watch(self._state)
+            guarded._http2(stream)
         # Without ALPN the first write decides, as on plain TCP: HTTP/2 by
         # prior knowledge starts with the preface.
         return guarded
@@ -463,16 +474,21 @@ class GuardedConnection(httpcore.AsyncHTTPConnection):
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
-            # An idle HTTP/1.1 connection: expired past keepalive_expiry, or
-            # when the server closed it (its socket is readable), as httpcore
-            # judges; the pool asks right after each response ends.
+            # An idle connection: expired past keepalive_expiry, or when the
+            # server closed it (its socket is readable), as httpcore judges an
+            # HTTP/1.1 one; an HTTP/2 one is asked only once idle past
+            # QUIET_AFTER. The pool asks right after each response ends.
             now = time.monotonic()
             since = self._idle_since
             if since is None:
                 since = self._idle_since = now
             idle_for = now - since
             expiry = self._keepalive_expiry
-            expired = state.draining or (expiry is not None and idle_for > expiry) or readable()
+            expired = (
+                state.draining
+                or (expiry is not None and idle_for > expiry)
+                or ((state.http1 or idle_for > QUIET_AFTER) and readable())
+            )
         if expired:
             return True
         book = self._book
@@ -645,7 +661,7 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
             # Plain TCP: h2c by prior knowledge starts with the preface.
             self._decided = True
             if buffer.startswith(PREFACE):
-                self._watch = H2Watch(self._state)
+                self._http2(self._stream)
             else:
                 self._http1(self._stream)
         watch = self._watch
@@ -666,6 +682,11 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
         state = self._state
         state.http1 = True
         state.readable = _readable_probe(stream.get_extra_info("socket"))
+
+    def _http2(self, stream: httpcore.NetworkStream) -> None:
+        self._decided = True
+        self._watch = H2Watch(self._state)
+        self._state.readable = _readable_probe(stream.get_extra_info("socket"))
 
     def _gone(self) -> None:
         # The server closed or the socket failed: the connection takes no new
@@ -696,8 +717,7 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
             return stream
         guarded = SyncGoawayGuardStream(stream, self._state)
         if protocol == "h2":
-            guarded._decided = True
-            guarded._watch = H2Watch(self._state)
+            guarded._http2(stream)
         # Without ALPN the first write decides, as on plain TCP: HTTP/2 by
         # prior knowledge starts with the preface.
         return guarded
@@ -895,16 +915,21 @@ class SyncGuardedConnection(httpcore.HTTPConnection):
         if readable is None:
             expired = super().has_expired() or state.draining
         else:
-            # An idle HTTP/1.1 connection: expired past keepalive_expiry, or
-            # when the server closed it (its socket is readable), as httpcore
-            # judges; the pool asks right after each response ends.
+            # An idle connection: expired past keepalive_expiry, or when the
+            # server closed it (its socket is readable), as httpcore judges an
+            # HTTP/1.1 one; an HTTP/2 one is asked only once idle past
+            # QUIET_AFTER. The pool asks right after each response ends.
             now = time.monotonic()
             since = self._idle_since
             if since is None:
                 since = self._idle_since = now
             idle_for = now - since
             expiry = self._keepalive_expiry
-            expired = state.draining or (expiry is not None and idle_for > expiry) or readable()
+            expired = (
+                state.draining
+                or (expiry is not None and idle_for > expiry)
+                or ((state.http1 or idle_for > QUIET_AFTER) and readable())
+            )
         if expired:
             return True
         book = self._book

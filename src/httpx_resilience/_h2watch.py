@@ -134,8 +134,8 @@ class GoawayState:
         self.inside = 0
         #: ALPN chose HTTP/1.1: none of the HTTP/2 limits apply.
         self.http1 = False
-        #: Whether an HTTP/1.1 connection's socket has something to read (its
-        #: server closed it, when nothing is expected), if it can be asked.
+        #: Whether the connection's socket has something to read (while idle:
+        #: its server closed it, or sent HTTP/2 frames), if it can be asked.
         self.readable: Callable[[], bool] | None = None
         #: Held while the state changes: a sync connection serves many threads.
         self.lock = threading.Lock()

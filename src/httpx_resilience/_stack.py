@@ -27,10 +27,15 @@ if TYPE_CHECKING:
 
 #: The production stack's pool: HTTP/2 multiplexes many requests on few
 #: connections; for HTTP/1.1 origins 50 connections bound the fan-out, and
-#: all 50 stay alive until idle for ``keepalive_expiry`` (5 s): a burst of 50
+#: all 50 stay alive until idle for ``keepalive_expiry``: a burst of 50
 #: requests then finds its connections open, where keeping 20 reopened 30 of
 #: them (a TLS handshake each) at every burst (benchmarks/RESULTS.md, pool).
-PRODUCTION_LIMITS = httpx.Limits(max_connections=50, max_keepalive_connections=50)
+#: 30 s rather than httpx's 5 s, so that bursts a few seconds apart keep
+#: them too: past 5 s a connection is reused only while its socket shows
+#: the server has not closed it (``_goaway.QUIET_AFTER``).
+PRODUCTION_LIMITS = httpx.Limits(
+    max_connections=50, max_keepalive_connections=50, keepalive_expiry=30
+)
 
 
 def resilient_transport(
