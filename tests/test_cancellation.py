@@ -366,6 +366,99 @@ async def test_an_error_raised_after_the_cancellation_gives_way_to_it() -> None:
     assert (backend.opened, backend.closed) == (2, 2)
 
 
+class FirstConnectHangs(httpcore.AsyncNetworkBackend):
+    """The first connect hangs until cancelled; later ones take a moment, then answer HTTP/1.1."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+        self.opened = 0
+        self.closed = 0
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        self.connects += 1
+        await anyio.sleep(math.inf if self.connects == 1 else 0.1)
+        self.opened += 1
+        return _TLSAnsweringStream(self)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise NotImplementedError
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+
+class _TLSAnsweringStream(httpcore.AsyncNetworkStream):
+    """Answers one HTTP/1.1 request with 200; its TLS is itself, with no ALPN."""
+
+    def __init__(self, backend: FirstConnectHangs) -> None:
+        self._backend = backend
+        self._answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        answer, self._answer = self._answer, b""
+        return answer
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self._backend.closed += 1
+
+    async def start_tls(
+        self,
+        ssl_context: typing.Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return self
+
+    def get_extra_info(self, info: str) -> typing.Any:
+        return None
+
+
+async def test_a_connection_another_request_connects_after_a_cancelled_connect_is_closed() -> None:
+    """A cancelled connect made httpcore's connection say it was closed and expired.
+
+    The pool then dropped it while a second request, waiting on the same
+    connection (HTTP/2 may multiplex it), was connecting it again: that
+    socket was never closed.
+    """
+    backend = FirstConnectHangs()
+    transport = HTTPTransport(network_backend=backend)
+    async with httpx.AsyncClient(transport=transport) as client:
+        responses: list[httpx.Response] = []
+        async with anyio.create_task_group() as group:
+            first = anyio.CancelScope()
+
+            async def cancelled_get() -> None:
+                with first:
+                    await client.get(f"https://{LOOPBACK}:9/first")
+
+            async def second_get() -> None:
+                responses.append(await client.get(f"https://{LOOPBACK}:9/second"))
+
+            group.start_soon(cancelled_get)
+            await _wait_for(lambda: backend.connects == 1)
+            group.start_soon(second_get)
+            await anyio.sleep(0.05)  # waiting for the same connection
+            first.cancel()
+        assert first.cancelled_caught
+        assert [r.text for r in responses] == ["ok"]
+    assert (backend.opened, backend.closed) == (1, 1)
+
+
 # The write path itself, over a stream whose writes a test controls.
 
 

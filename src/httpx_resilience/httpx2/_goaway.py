@@ -350,6 +350,8 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         self._requests_seen = 0
         #: Never used, and reported expired to the pool (see ``_orphaned``).
         self._abandoned = False
+        #: A request has begun sending here: setting the connection up is over.
+        self._set_up = False
 
     async def handle_async_request(self, request: httpcore2.Request) -> httpcore2.Response:
         state = self._goaway
@@ -364,7 +366,9 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         self._idle_since = None
         try:
             try:
-                return await super().handle_async_request(request)
+                if self._set_up:
+                    return await super().handle_async_request(request)
+                return await _async_through_setup(self, super().handle_async_request, request)
             finally:
                 with state.lock:
                     state.inside -= 1
@@ -391,6 +395,14 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
                     AboveLastStream(stream_id, last, state.error_code)
                 ) from exc
             raise
+        except h2.exceptions.ProtocolError as exc:
+            # httpcore2 raises h2's error as it is from setting up
+            # the connection again, for a request that waited while another
+            # one's setup failed and closed it. Nothing of this request was
+            # sent; a connection of its own takes it.
+            if super().is_closed():
+                raise httpcore2.ConnectionNotAvailable() from exc
+            raise httpcore2.LocalProtocolError(exc) from exc
         except BaseException:
             await self._async_close_if_stranded()
             raise
@@ -470,7 +482,8 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
             return True
         state = self._goaway
         if not self._idle():
-            return super().has_expired()
+            # Not while a request is inside: see is_closed.
+            return not state.inside and super().has_expired()
         readable = state.readable
         idle_for = None
         if readable is None:
@@ -537,7 +550,11 @@ class GuardedConnection(httpcore2.AsyncHTTPConnection):
         if self._seq <= book.last_seq:
             book.idle_seen = 0
         book.last_seq = self._seq
-        return super().is_closed()
+        # Once a connect failed (a request cancelled while connecting),
+        # httpcore2's connection says it is closed and expired, though
+        # another request inside may connect it again: dropped then, what
+        # that request opens would never be closed.
+        return super().is_closed() and not self._goaway.inside
 
 
 class GuardedConnectionPool(httpcore2.AsyncConnectionPool):
@@ -794,6 +811,8 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         self._requests_seen = 0
         #: Never used, and reported expired to the pool (see ``_orphaned``).
         self._abandoned = False
+        #: A request has begun sending here: setting the connection up is over.
+        self._set_up = False
 
     def handle_request(self, request: httpcore2.Request) -> httpcore2.Response:
         state = self._goaway
@@ -808,7 +827,9 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         self._idle_since = None
         try:
             try:
-                return super().handle_request(request)
+                if self._set_up:
+                    return super().handle_request(request)
+                return _through_setup(self, super().handle_request, request)
             finally:
                 with state.lock:
                     state.inside -= 1
@@ -835,6 +856,14 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
                     AboveLastStream(stream_id, last, state.error_code)
                 ) from exc
             raise
+        except h2.exceptions.ProtocolError as exc:
+            # httpcore2 raises h2's error as it is from setting up
+            # the connection again, for a request that waited while another
+            # one's setup failed and closed it. Nothing of this request was
+            # sent; a connection of its own takes it.
+            if super().is_closed():
+                raise httpcore2.ConnectionNotAvailable() from exc
+            raise httpcore2.LocalProtocolError(exc) from exc
         except BaseException:
             self._close_if_stranded()
             raise
@@ -911,7 +940,8 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
             return True
         state = self._goaway
         if not self._idle():
-            return super().has_expired()
+            # Not while a request is inside: see is_closed.
+            return not state.inside and super().has_expired()
         readable = state.readable
         idle_for = None
         if readable is None:
@@ -978,7 +1008,11 @@ class SyncGuardedConnection(httpcore2.HTTPConnection):
         if self._seq <= book.last_seq:
             book.idle_seen = 0
         book.last_seq = self._seq
-        return super().is_closed()
+        # Once a connect failed (a request cancelled while connecting),
+        # httpcore2's connection says it is closed and expired, though
+        # another request inside may connect it again: dropped then, what
+        # that request opens would never be closed.
+        return super().is_closed() and not self._goaway.inside
 
 
 class SyncGuardedConnectionPool(httpcore2.ConnectionPool):
@@ -1174,6 +1208,153 @@ def _write_frames(guard: SyncGoawayGuardStream, buffer: bytes, timeout: float | 
     # Nothing cancels a sync write: it ends when the socket takes the bytes or
     # the write timeout passes.
     guard._stream.write(buffer, timeout)
+
+
+#: The trace events after which a request holds a cancellation back until it
+#: begins sending: it sets up HTTP/2, or the connection it opened is up
+#: (over TLS, once the handshake is done).
+_SETUP_STARTED = "http2.send_connection_init.started"
+_UP_TLS = frozenset({"connection.start_tls.complete"})
+_UP_PLAIN = frozenset(
+    {"connection.connect_tcp.complete", "connection.connect_unix_socket.complete"}
+)
+_SETUP_OVER = frozenset(
+    {"http2.send_request_headers.started", "http11.send_request_headers.started"}
+)
+
+
+async def _async_through_setup(
+    connection: GuardedConnection,
+    send: typing.Callable[[httpcore2.Request], typing.Awaitable[httpcore2.Response]],
+    request: httpcore2.Request,
+) -> httpcore2.Response:
+    """Send a request that may set the connection up, never cut by a cancellation halfway.
+
+    httpcore2 leaves two things broken when a cancellation cuts in between a
+    request taking a connection and beginning to send on it:
+
+    - The request that sets up an HTTP/2 connection fills the semaphore that
+      counts its streams in a loop of 99 acquires, each a checkpoint. Cut
+      short, the semaphore keeps permits it should not have; the server's
+      SETTINGS then release past its bound, and some other request fails
+      with ``ValueError: semaphore released too many times``.
+    - A request counted in but not yet sending leaves the connection ACTIVE;
+      if it was the one that opened it, no stream ever ends there to make
+      it idle, and the pool keeps it for ever.
+
+    So from the moment the connection this request opened is up (or it sets
+    up HTTP/2) until its first frame, a cancellation is held back, and
+    delivered at the start of sending, before h2 opens a stream: that
+    stretch never waits on the network but for the preface, which a new
+    socket always has room for. Before and after, a cancellation goes
+    through at once. Only requests that reach a connection before any has
+    begun sending on it come here.
+    """
+    scope = anyio.CancelScope(shield=True)
+    up = _UP_TLS if request.url.scheme in (b"https", b"wss") else _UP_PLAIN
+    hold = _SetupHold(connection, scope, up, request.extensions.get("trace"))
+    request.extensions["trace"] = hold
+    response: httpcore2.Response | None = None
+    error: Exception | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(hold.watch)
+            try:
+                with scope:
+                    response = await send(request)
+            except Exception as exc:
+                # Raised outside the task group, which would wrap it in an
+                # ExceptionGroup that httpcore2 does not expect.
+                error = exc
+            finally:
+                hold.done = True
+                group.cancel_scope.cancel()
+        # The caller's cancellation, if any, wins: the request was cut by it,
+        # or ended (with an answer or an error) as it came.
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except BaseException:
+        if response is not None:
+            await _async_close_shielded(response)
+        raise
+    finally:
+        if request.extensions.get("trace") is hold:
+            request.extensions["trace"] = hold.chained
+    if error is not None:
+        try:
+            raise error
+        finally:
+            del error
+    if response is None:  # pragma: no cover - cut only by a cancellation, raised above
+        raise httpcore2.ConnectError("cancelled")
+    return response
+
+
+class _SetupHold:
+    """The trace callback of a request that may set a connection up (see ``_async_through_setup``).
+
+    Every event goes on to the callback it replaced.
+    """
+
+    __slots__ = ("_connection", "_holding", "_pending", "_scope", "_up", "chained", "done")
+
+    def __init__(
+        self,
+        connection: GuardedConnection,
+        scope: anyio.CancelScope,
+        up: frozenset[str],
+        chained: typing.Any,
+    ) -> None:
+        self._connection = connection
+        self._scope = scope
+        self._up = up
+        self.chained = chained
+        self._holding = False
+        self._pending = False
+        self.done = False
+
+    async def __call__(self, name: str, info: dict[str, typing.Any]) -> None:
+        if name in _SETUP_OVER:
+            self._connection._set_up = True
+            if self._holding:
+                self._holding = False
+                if self._pending:
+                    # Before h2 or h11 take the request: nothing is sent.
+                    self._scope.cancel()
+                    await anyio.lowlevel.checkpoint_if_cancelled()
+        elif name in self._up:
+            # A cancellation passed on before this is delivered at the
+            # connection's first lock, before the request is counted in.
+            self._holding = True
+        elif name == _SETUP_STARTED and not self._holding:
+            # Setting up a connection another request opened: a cancellation
+            # passed on but not delivered yet (a lock's shielded checkpoint
+            # came after it) is delivered here; httpcore2 closes the connection.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            self._holding = True
+        if self.chained is not None:
+            await self.chained(name, info)
+
+    async def watch(self) -> None:
+        """Wait for the caller's cancellation; pass it on at once, or once sending begins."""
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            if not self.done:
+                if self._holding:
+                    self._pending = True
+                else:
+                    self._scope.cancel()
+        # Ends quietly: the caller's own cancellation reaches the caller
+        # after the request, and nothing else is worth reporting.
+
+
+def _through_setup(
+    connection: SyncGuardedConnection,
+    send: typing.Callable[[httpcore2.Request], httpcore2.Response],
+    request: httpcore2.Request,
+) -> httpcore2.Response:
+    # Nothing cancels a sync request.
+    return send(request)
 
 
 async def _async_close_shielded(closable: typing.Any) -> None:
