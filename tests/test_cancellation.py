@@ -366,13 +366,12 @@ async def test_an_error_raised_after_the_cancellation_gives_way_to_it() -> None:
     assert (backend.opened, backend.closed) == (2, 2)
 
 
-class FirstConnectHangs(httpcore.AsyncNetworkBackend):
+class FirstConnectHangs(CancelOnConnect):
     """The first connect hangs until cancelled; later ones take a moment, then answer HTTP/1.1."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.connects = 0
-        self.opened = 0
-        self.closed = 0
 
     async def connect_tcp(
         self,
@@ -387,34 +386,9 @@ class FirstConnectHangs(httpcore.AsyncNetworkBackend):
         self.opened += 1
         return _TLSAnsweringStream(self)
 
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise NotImplementedError
 
-    async def sleep(self, seconds: float) -> None:
-        await anyio.sleep(seconds)
-
-
-class _TLSAnsweringStream(httpcore.AsyncNetworkStream):
-    """Answers one HTTP/1.1 request with 200; its TLS is itself, with no ALPN."""
-
-    def __init__(self, backend: FirstConnectHangs) -> None:
-        self._backend = backend
-        self._answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        answer, self._answer = self._answer, b""
-        return answer
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        self._backend.closed += 1
+class _TLSAnsweringStream(_AnsweringStream):
+    """Its TLS is itself, with no ALPN: HTTP/1.1."""
 
     async def start_tls(
         self,
@@ -423,9 +397,6 @@ class _TLSAnsweringStream(httpcore.AsyncNetworkStream):
         timeout: float | None = None,
     ) -> httpcore.AsyncNetworkStream:
         return self
-
-    def get_extra_info(self, info: str) -> typing.Any:
-        return None
 
 
 async def test_a_connection_another_request_connects_after_a_cancelled_connect_is_closed() -> None:
