@@ -430,6 +430,38 @@ async def test_a_connection_another_request_connects_after_a_cancelled_connect_i
     assert (backend.opened, backend.closed) == (1, 1)
 
 
+async def _answer_h2(conn: RawConnection) -> None:
+    """Answer every HTTP/2 request 200 ``ok``."""
+    while True:
+        try:
+            (stream_id,) = await conn.h2_requests()
+        except EOFError:
+            return
+        await conn.h2_respond(stream_id, body=b"ok")
+
+
+async def test_a_cancellation_during_http2_setup_leaves_the_connection_sound() -> None:
+    """Cut while httpcore filled its stream semaphore, the connection broke for the next request.
+
+    The server's SETTINGS then released the semaphore past its bound:
+    ``ValueError: semaphore released too many times``, not an httpx error.
+    """
+    async with RawServer(_answer_h2, tls=True, alpn=("h2",)) as server:
+        transport = HTTPTransport(verify=server.ssl_context)
+        async with httpx.AsyncClient(transport=transport) as client:
+            with anyio.CancelScope() as scope:
+
+                async def cancel_in_setup(name: str, info: object) -> None:
+                    if name == "http2.send_connection_init.complete":
+                        scope.cancel()
+
+                await client.get(server.url, extensions={"trace": cancel_in_setup})
+            assert scope.cancelled_caught
+            response = await client.get(server.url)
+    assert (response.http_version, response.text) == ("HTTP/2", "ok")
+    assert server.connections == 1
+
+
 # The write path itself, over a stream whose writes a test controls.
 
 
