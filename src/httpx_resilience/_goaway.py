@@ -1150,10 +1150,34 @@ async def _write_watched(guard: GoawayGuardStream, buffer: bytes, timeout: float
     """Write while a task waits for the caller's cancellation; whether the write was cut.
 
     For writes that may block (the socket is full): the write runs
-    shielded, and the watching task, which the caller's cancel scopes
-    do reach, gives it ``CANCEL_GRACE`` seconds once they are cancelled.
+    shielded, and once the caller's cancel scopes are cancelled it gets
+    ``CANCEL_GRACE`` seconds.
     """
     write_scope = anyio.CancelScope(shield=True)
+
+    def grace() -> None:
+        write_scope.deadline = anyio.current_time() + CANCEL_GRACE
+
+    await _async_run_watched(write_scope, lambda: guard._stream.write(buffer, timeout), grace)
+    return write_scope.cancelled_caught
+
+
+_T = typing.TypeVar("_T")
+
+
+async def _async_run_watched(
+    scope: anyio.CancelScope,
+    run: typing.Callable[[], typing.Awaitable[_T]],
+    on_cancel: typing.Callable[[], None],
+) -> _T | None:
+    """Run ``run()`` in ``scope`` (a shield) while a task waits for the caller's cancellation.
+
+    The caller's cancel scopes reach the waiting task, not ``run()``: if they
+    are cancelled while ``run()`` goes on, ``on_cancel`` decides when to cut
+    ``scope``. Returns what ``run()`` returned, or None if ``scope`` cut it;
+    its exceptions come out as they are, not in an ExceptionGroup, which
+    httpcore does not expect.
+    """
     done = False
 
     async def watch() -> None:
@@ -1161,19 +1185,18 @@ async def _write_watched(guard: GoawayGuardStream, buffer: bytes, timeout: float
             await anyio.sleep_forever()
         except anyio.get_cancelled_exc_class():
             if not done:
-                write_scope.deadline = anyio.current_time() + CANCEL_GRACE
+                on_cancel()
         # Ends quietly: the caller's own cancellation reaches the caller
-        # after the write, and nothing else is worth reporting.
+        # after run(), and nothing else is worth reporting.
 
+    result: _T | None = None
     error: Exception | None = None
     async with anyio.create_task_group() as group:
         group.start_soon(watch)
         try:
-            with write_scope:
-                await guard._stream.write(buffer, timeout)
+            with scope:
+                result = await run()
         except Exception as exc:
-            # Raised outside the task group, which would wrap it in an
-            # ExceptionGroup that httpcore does not expect.
             error = exc
         finally:
             done = True
@@ -1183,7 +1206,7 @@ async def _write_watched(guard: GoawayGuardStream, buffer: bytes, timeout: float
             raise error
         finally:
             del error
-    return write_scope.cancelled_caught
+    return result
 
 
 async def _close_cut(guard: GoawayGuardStream) -> None:
@@ -1253,22 +1276,16 @@ async def _async_through_setup(
     hold = _SetupHold(connection, scope, up, request.extensions.get("trace"))
     request.extensions["trace"] = hold
     response: httpcore.Response | None = None
-    error: Exception | None = None
+
+    async def sent() -> httpcore.Response:
+        nonlocal response
+        response = await send(request)
+        return response
+
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(hold.watch)
-            try:
-                with scope:
-                    response = await send(request)
-            except Exception as exc:
-                # Raised outside the task group, which would wrap it in an
-                # ExceptionGroup that httpcore does not expect.
-                error = exc
-            finally:
-                hold.done = True
-                group.cancel_scope.cancel()
+        await _async_run_watched(scope, sent, hold.cancelled)
         # The caller's cancellation, if any, wins: the request was cut by it,
-        # or ended (with an answer or an error) as it came.
+        # or answered as it came. (An error gives way to it in _Pools.)
         await anyio.lowlevel.checkpoint_if_cancelled()
     except BaseException:
         if response is not None:
@@ -1277,11 +1294,6 @@ async def _async_through_setup(
     finally:
         if request.extensions.get("trace") is hold:
             request.extensions["trace"] = hold.chained
-    if error is not None:
-        try:
-            raise error
-        finally:
-            del error
     if response is None:  # pragma: no cover - cut only by a cancellation, raised above
         raise httpcore.ConnectError("cancelled")
     return response
@@ -1293,7 +1305,7 @@ class _SetupHold:
     Every event goes on to the callback it replaced.
     """
 
-    __slots__ = ("_connection", "_holding", "_pending", "_scope", "_up", "chained", "done")
+    __slots__ = ("_connection", "_holding", "_pending", "_scope", "_up", "chained")
 
     def __init__(
         self,
@@ -1308,7 +1320,6 @@ class _SetupHold:
         self.chained = chained
         self._holding = False
         self._pending = False
-        self.done = False
 
     async def __call__(self, name: str, info: dict[str, typing.Any]) -> None:
         if name in _SETUP_OVER:
@@ -1332,18 +1343,12 @@ class _SetupHold:
         if self.chained is not None:
             await self.chained(name, info)
 
-    async def watch(self) -> None:
-        """Wait for the caller's cancellation; pass it on at once, or once sending begins."""
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            if not self.done:
-                if self._holding:
-                    self._pending = True
-                else:
-                    self._scope.cancel()
-        # Ends quietly: the caller's own cancellation reaches the caller
-        # after the request, and nothing else is worth reporting.
+    def cancelled(self) -> None:
+        """The caller was cancelled: pass it on at once, or once sending begins."""
+        if self._holding:
+            self._pending = True
+        else:
+            self._scope.cancel()
 
 
 def _through_setup(
@@ -1352,6 +1357,7 @@ def _through_setup(
     request: httpcore.Request,
 ) -> httpcore.Response:
     # Nothing cancels a sync request.
+    connection._set_up = True
     return send(request)
 
 
