@@ -789,3 +789,29 @@ async def test_fault_server_a_slow_post_is_sent_once() -> None:
             slow_get = await client.get("/pay")
         assert [r.method for r in server.received] == ["POST", "GET", "GET", "GET"]
     assert slow_get.extensions["hedging"].attempts == 3
+
+
+async def test_a_cancellation_while_a_hedge_connects_reaches_the_first_attempt_at_once() -> None:
+    """A hedge copies the request while the first attempt runs, and once copied
+    the first attempt's trace callbacks with it: the hedge's events then went
+    through them, and a cancellation that came while the hedge's connection
+    was being set up was held back for the first attempt until its answer came.
+    """
+    plan = FaultPlan(routes={"/slow": Delay(3.0)})
+    handshakes = 0
+    async with FaultServer(plan) as server:
+        base = HTTPTransport(verify=server.ssl_context, http2=False)  # a connection each
+        transport = HedgingTransport(base, HedgingPolicy(delay=0.05, max_attempts=2))
+        async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+            with anyio.fail_after(2.0), anyio.CancelScope() as scope:
+
+                async def trace(name: str, info: object) -> None:
+                    nonlocal handshakes
+                    if name == "connection.start_tls.complete":
+                        handshakes += 1
+                        if handshakes == 2:  # the hedge's connection is up
+                            scope.cancel()
+
+                await client.get("/slow", extensions={"trace": trace})
+    assert scope.cancelled_caught
+    assert handshakes == 2

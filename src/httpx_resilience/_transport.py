@@ -225,12 +225,12 @@ class _Pools:
     # unasync: begin
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
         _check_headers(request.headers)
-        extensions = request.extensions
-        chained = extensions.get("trace")
+        chained = request.extensions.get("trace")
         recorder = AsyncTimingsRecorder(self._clock, request, chained, self._metrics)
-        # httpx hands over the caller's own extensions, which later attempts
-        # send again: this attempt's recorder is in them only while it runs.
-        extensions["trace"] = recorder
+        # httpx hands over the caller's own extensions, which a hedge copies
+        # while this attempt runs, and later attempts send again: this
+        # attempt's trace callbacks go in a dict of its own.
+        extensions = request.extensions = {**request.extensions, "trace": recorder}
         if self._direct:
             # The recorder may stop listening once the request is sent.
             recorder.extensions = extensions
@@ -242,10 +242,7 @@ class _Pools:
         finally:
             # The body's events (read, close) are the caller's business: they
             # go straight to the caller's own callback, if any, not through us.
-            if chained is None:
-                del extensions["trace"]
-            else:
-                extensions["trace"] = chained
+            extensions["trace"] = chained
         response.extensions["timings"] = recorder.finish(self._clock())
         response.stream = _AsyncClosing(response.stream)
         return response
@@ -269,12 +266,12 @@ class _Pools:
     # unasync: generated from the block above by scripts/generate.py; do not edit
     def handle_request(self, request: httpcore.Request) -> httpcore.Response:
         _check_headers(request.headers)
-        extensions = request.extensions
-        chained = extensions.get("trace")
+        chained = request.extensions.get("trace")
         recorder = TimingsRecorder(self._clock, request, chained, self._metrics)
-        # httpx hands over the caller's own extensions, which later attempts
-        # send again: this attempt's recorder is in them only while it runs.
-        extensions["trace"] = recorder
+        # httpx hands over the caller's own extensions, which a hedge copies
+        # while this attempt runs, and later attempts send again: this
+        # attempt's trace callbacks go in a dict of its own.
+        extensions = request.extensions = {**request.extensions, "trace": recorder}
         if self._direct:
             # The recorder may stop listening once the request is sent.
             recorder.extensions = extensions
@@ -286,10 +283,7 @@ class _Pools:
         finally:
             # The body's events (read, close) are the caller's business: they
             # go straight to the caller's own callback, if any, not through us.
-            if chained is None:
-                del extensions["trace"]
-            else:
-                extensions["trace"] = chained
+            extensions["trace"] = chained
         response.extensions["timings"] = recorder.finish(self._clock())
         response.stream = _Closing(response.stream)
         return response
