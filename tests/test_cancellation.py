@@ -20,7 +20,8 @@ import pytest
 
 from .flavour import HTTPTransport, httpcore, httpx
 from .flavour._goaway import CANCEL_GRACE, GoawayGuardStream, GoawayState
-from .raw_server import H2_PREFACE, RawConnection, RawServer, frame
+from .raw_server import END_HEADERS, H2_PREFACE, RawConnection, RawServer, frame
+from .raw_server import HEADERS as HEADERS_FRAME
 from .raw_server import PING as PING_FRAME
 from .servers import LOOPBACK, ServerThread
 
@@ -468,8 +469,11 @@ async def test_a_cancellation_during_http2_setup_leaves_the_connection_sound() -
 class ScriptedWrites(httpcore.AsyncNetworkStream):
     """A network stream whose writes take ``write_time`` seconds (or raise ``error``)."""
 
-    def __init__(self, sock: socket.socket | None, write_time: float = 0.0) -> None:
+    def __init__(
+        self, sock: socket.socket | None, write_time: float = 0.0, *, uploading: bool = False
+    ) -> None:
         self.sock = sock
+        self.uploading = uploading
         self.write_time = write_time
         self.error: Exception | None = None
         self.written: list[bytes] = []
@@ -495,21 +499,36 @@ class ScriptedWrites(httpcore.AsyncNetworkStream):
 PING = frame(PING_FRAME, 0, 0, b"12345678")
 
 
-@pytest.fixture(params=["socket-has-room", "no-socket"])
-def inner(request: pytest.FixtureRequest) -> typing.Iterator[ScriptedWrites]:
-    """With a socket that has room, writes take the shielded path; without, the watched one."""
-    if request.param == "no-socket":
+def _inner(kind: str) -> typing.Iterator[ScriptedWrites]:
+    if kind == "no-socket":
         yield ScriptedWrites(None)
         return
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        yield ScriptedWrites(ours)
+        yield ScriptedWrites(ours, uploading=kind == "room-uploading")
+
+
+@pytest.fixture(params=["room", "room-uploading", "no-socket"])
+def inner(request: pytest.FixtureRequest) -> typing.Iterator[ScriptedWrites]:
+    """The three write paths. A small write to a socket with room, on a connection
+    with no request body on its way, is only shielded (it cannot block); with an
+    upload on its way, the caller's deadline plus the grace bounds it; without a
+    socket to ask, a task watches for the caller's cancellation."""
+    yield from _inner(request.param)
+
+
+@pytest.fixture(params=["room-uploading", "no-socket"])
+def may_block(request: pytest.FixtureRequest) -> typing.Iterator[ScriptedWrites]:
+    """The write paths where a write may block: a cancellation must be able to cut it."""
+    yield from _inner(request.param)
 
 
 async def _http2_stream(inner: ScriptedWrites) -> tuple[GoawayGuardStream, GoawayState]:
     state = GoawayState()
     stream = GoawayGuardStream(inner, state)
     await stream.write(H2_PREFACE)  # HTTP/2 by prior knowledge: the guard watches
+    if inner.uploading:
+        await stream.write(frame(HEADERS_FRAME, END_HEADERS, 1, b"\x82"))  # a body to follow
     return stream, state
 
 
@@ -524,7 +543,8 @@ async def test_a_write_in_progress_when_cancelled_finishes(inner: ScriptedWrites
     assert (inner.closed, state.draining) == (False, False)
 
 
-async def test_a_write_blocked_past_the_deadline_is_cut(inner: ScriptedWrites) -> None:
+async def test_a_write_blocked_past_the_deadline_is_cut(may_block: ScriptedWrites) -> None:
+    inner = may_block
     stream, state = await _http2_stream(inner)
     inner.write_time = STALL
     start = anyio.current_time()

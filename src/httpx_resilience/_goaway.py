@@ -52,8 +52,10 @@ finishes "sending" at once, and the caller gets the response.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import select
+import socket
 import ssl
 import sys
 import time
@@ -82,19 +84,25 @@ class _SendRoom:
     """Whether a socket's send buffer has room, asked without blocking.
 
     On Linux a TCP socket polls writable only while its free send space is
-    at least half of what is queued, so one frame then fits. Without a
-    socket to ask (another network backend), the answer is no.
+    at least half of what is queued, so one frame then fits, and a write of
+    at most ``sure`` bytes (a quarter of the send buffer as it was at the
+    connect: it only grows) goes to the kernel whole. Without a socket to
+    ask (another network backend), the answer is no.
     """
 
-    __slots__ = ("_poll", "_sock")
+    __slots__ = ("_poll", "_sock", "sure")
 
     def __init__(self, sock: typing.Any) -> None:
         self._sock = sock
         self._poll: typing.Any = None
+        self.sure = 0
         if sock is not None and hasattr(select, "poll"):  # not on Windows
             poll = select.poll()
             poll.register(sock, select.POLLOUT)
             self._poll = poll
+            with contextlib.suppress(OSError, AttributeError):
+                sndbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+                self.sure = min(sndbuf // 4, _SMALL_WRITE)
 
     def has_room(self) -> bool:
         if self._poll is not None:
@@ -225,9 +233,10 @@ class GoawayGuardStream(httpcore.AsyncNetworkStream):
             if not buffer:
                 # httpcore writes whatever h2 has to send, often nothing.
                 return
+            quiet = not watch.sending  # before this write: no request body on its way
             buffer = watch.sent(buffer)
             if buffer:
-                await _async_write_frames(self, buffer, timeout)
+                await _async_write_frames(self, buffer, timeout, quiet)
             return
         await self._stream.write(buffer, timeout)
 
@@ -686,9 +695,10 @@ class SyncGoawayGuardStream(httpcore.NetworkStream):
             if not buffer:
                 # httpcore writes whatever h2 has to send, often nothing.
                 return
+            quiet = not watch.sending  # before this write: no request body on its way
             buffer = watch.sent(buffer)
             if buffer:
-                _write_frames(self, buffer, timeout)
+                _write_frames(self, buffer, timeout, quiet)
             return
         self._stream.write(buffer, timeout)
 
@@ -1104,7 +1114,7 @@ _one_at_a_time = True
 
 
 async def _async_write_frames(
-    guard: GoawayGuardStream, buffer: bytes, timeout: float | None
+    guard: GoawayGuardStream, buffer: bytes, timeout: float | None, quiet: bool
 ) -> None:
     """Write HTTP/2 frames whole, unless a cancelled write blocks past a short grace.
 
@@ -1121,9 +1131,18 @@ async def _async_write_frames(
     room = guard._room
     if room is None:
         room = guard._room = _SendRoom(guard._stream.get_extra_info("socket"))
+    size = len(buffer)
     try:
-        if len(buffer) <= _SMALL_WRITE and room.has_room():
-            # The common case: the socket takes the bytes at once. Shielded,
+        if quiet and size <= room.sure and room.has_room():
+            # The common case (a request's HEADERS, small frames, no request
+            # body on its way): the kernel takes the bytes whole, and the event
+            # loop's transport holds at most a few small frames, so the write
+            # cannot block, and a shield alone keeps a cancellation out.
+            with anyio.CancelScope(shield=True):
+                await guard._stream.write(buffer, timeout)
+            return
+        if size <= _SMALL_WRITE and room.has_room():
+            # The socket takes the bytes at once, or most of them. Shielded,
             # with no task to watch for a cancellation: nothing here sees one
             # sent by cancel(), and only a deadline (the caller's, plus the
             # grace) can cut the write.
@@ -1225,9 +1244,11 @@ async def _close_cut(guard: GoawayGuardStream) -> None:
     )
 
 
-def _write_frames(guard: SyncGoawayGuardStream, buffer: bytes, timeout: float | None) -> None:
+def _write_frames(
+    guard: SyncGoawayGuardStream, buffer: bytes, timeout: float | None, quiet: bool
+) -> None:
     # Nothing cancels a sync write: it ends when the socket takes the bytes or
-    # the write timeout passes.
+    # the write timeout passes, quiet connection or not.
     guard._stream.write(buffer, timeout)
 
 

@@ -276,7 +276,7 @@ class H2Watch:
         #: Streams whose request h2 is still sending -> the flow-control
         #: credit the server gave each (WINDOW_UPDATE) less what h2 sent,
         #: so that the window h2 sees is ``_window`` plus it, at most.
-        self._sending: dict[int, int] = {}
+        self.sending: dict[int, int] = {}
         #: The server's SETTINGS_INITIAL_WINDOW_SIZE.
         self._window = 65535
         #: MAX_CONCURRENT_STREAMS of the server's SETTINGS and of h2's own.
@@ -338,7 +338,7 @@ class H2Watch:
             if kind == _RST_STREAM:
                 return _HOLD if length == 4 else _KEEP
             if kind == _WINDOW_UPDATE:
-                return _HOLD if stream_id in self._sending and length == 4 else _KEEP
+                return _HOLD if stream_id in self.sending and length == 4 else _KEEP
             if kind == _SETTINGS:
                 valid = not frames.flags & _ACK and length % 6 == 0 and not stream_id
                 return _PEEK if valid and length <= _MAX_FRAME_SIZE else _KEEP
@@ -464,12 +464,12 @@ class H2Watch:
                 self._on_settings(data, start + 9, start + 9 + length, server=True)
             return True
         if kind == _WINDOW_UPDATE:
-            credit = self._sending.get(stream_id)
+            credit = self.sending.get(stream_id)
             if credit is None or length != 4:
                 return True
             if stream_id in self._muted:
                 return False
-            self._sending[stream_id] = credit + (_U32.unpack_from(data, start + 9)[0] & 0x7FFFFFFF)
+            self.sending[stream_id] = credit + (_U32.unpack_from(data, start + 9)[0] & 0x7FFFFFFF)
             return True
         if kind == _RST_STREAM:
             return length != 4
@@ -510,32 +510,32 @@ class H2Watch:
     def _sent_kept(self, kind: int, flags: int, stream_id: int, length: int) -> None:
         """Bookkeeping of a frame h2 sent (or that was dropped, but for DATA)."""
         if kind == _DATA:
-            credit = self._sending.get(stream_id)
+            credit = self.sending.get(stream_id)
             if credit is not None:
                 if flags & _END_STREAM:
                     self._sent_all(stream_id)
                 else:
-                    self._sending[stream_id] = credit - length
+                    self.sending[stream_id] = credit - length
         elif kind == _HEADERS:
             ends = flags & _END_STREAM
             if stream_id > self._highest and stream_id % 2 == 1:
                 self._highest = stream_id
                 self._open.add(stream_id)
                 if not ends:
-                    self._sending[stream_id] = 0
+                    self.sending[stream_id] = 0
                 last = self.state.last_stream_id
                 if last is not None and stream_id > last:
                     self._refuse(stream_id)
-            elif ends and stream_id in self._sending:
+            elif ends and stream_id in self.sending:
                 self._sent_all(stream_id)  # trailers
         elif kind == _RST_STREAM:
             self._refuse_later.discard(stream_id)
-            self._sending.pop(stream_id, None)
+            self.sending.pop(stream_id, None)
             self._open.discard(stream_id)
 
     def _sent_all(self, stream_id: int) -> None:
         """h2 has sent the whole request of ``stream_id``."""
-        self._sending.pop(stream_id, None)
+        self.sending.pop(stream_id, None)
         if stream_id in self._refuse_later:
             self._refuse_later.discard(stream_id)
             self._inject += refused_stream_frame(stream_id)
@@ -553,9 +553,9 @@ class H2Watch:
         elif kind == _WINDOW_UPDATE:
             if stream_id in self._muted:
                 return  # the server's business is over with that stream
-            credit = self._sending.get(stream_id)
+            credit = self.sending.get(stream_id)
             if credit is not None:  # the request may have ended since the header came
-                self._sending[stream_id] = credit + (_U32.unpack_from(frame, 9)[0] & 0x7FFFFFFF)
+                self.sending[stream_id] = credit + (_U32.unpack_from(frame, 9)[0] & 0x7FFFFFFF)
             self._inject += frame
         elif self._on_reset(stream_id, _U32.unpack_from(frame, 9)[0]):
             self._inject += frame
@@ -571,7 +571,7 @@ class H2Watch:
             return False  # the stream is over for h2; its resets would only fail it
         if (
             error_code == _NO_ERROR
-            and stream_id in self._sending
+            and stream_id in self.sending
             and stream_id not in self._open
             and stream_id not in self.state.refused
         ):
@@ -590,7 +590,7 @@ class H2Watch:
             if state.refused_in_a_row >= REFUSALS_BEFORE_DRAINING:
                 state.draining = True
         self._open.discard(stream_id)
-        self._sending.pop(stream_id, None)
+        self.sending.pop(stream_id, None)
         self._refuse_later.discard(stream_id)
         return True
 
@@ -643,7 +643,7 @@ class H2Watch:
             served = (last + 1) // 2
             if limits.served is None or served < limits.served:
                 limits.served = served
-        if stream_id in self._sending:
+        if stream_id in self.sending:
             self._refuse_later.add(stream_id)
             self._open_window(stream_id)
         else:
@@ -657,6 +657,6 @@ class H2Watch:
         that to ``_WINDOW_FOR_DROPPED`` unblocks httpcore without ever
         taking h2 past the 2**31-1 limit.
         """
-        window = self._window + self._sending[stream_id]
+        window = self._window + self.sending[stream_id]
         if window < _WINDOW_FOR_DROPPED:
             self._inject += _window_update(stream_id, _WINDOW_FOR_DROPPED - window)
