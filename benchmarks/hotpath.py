@@ -657,7 +657,9 @@ def _loopback_child(url: str, ca: str, key: str, http2: bool, concurrency: int, 
         asyncio.run(go())
 
 
-#: HTTP/2 sequential on loopback: what the GOAWAY guard and the request ID cost.
+#: HTTP/2 sequential on loopback: what the GOAWAY guard and the request ID
+#: cost, and both transports on httpx2 (whose httpcore2 takes an uncontended
+#: lock without a pass of the event loop; httpcore 1.0 does not).
 H2_CASES = [
     (key, True, 1)
     for key in (
@@ -667,6 +669,8 @@ H2_CASES = [
         "full_noop",
         "full_noop_no_rid",
         "full_noop_fixed_rid",
+        "bare_httpx2",
+        "http_transport_httpx2",
     )
 ]
 

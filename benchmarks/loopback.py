@@ -56,6 +56,18 @@ def build(key: str, context: Any, http2: bool) -> Built:
     if key == "bare":
         # Nothing of ours imported: the fresh-install worker has no sniffio.
         return Built(httpx.AsyncHTTPTransport(verify=context, http2=http2))
+    if key.endswith("_httpx2"):
+        # The same configuration on httpx2 (for the instruction counts; Client
+        # then takes an httpx2.AsyncClient).
+        import httpx2
+
+        from httpx_resilience import httpx2 as ours2
+
+        if key == "bare_httpx2":
+            return Built(httpx2.AsyncHTTPTransport(verify=context, http2=http2))
+        if key == "http_transport_httpx2":
+            return Built(ours2.HTTPTransport(verify=context, http2=http2))
+        raise KeyError(key)
     from httpx_resilience import PRODUCTION_LIMITS, HTTPTransport, resilient_transport
 
     if key == "bare_limits50":
@@ -119,9 +131,12 @@ class Client:
 
     def __init__(self, key: str, url: str, context: Any, http2: bool) -> None:
         self.built = build(key, context, http2)
-        self.client = httpx.AsyncClient(
-            transport=self.built.transport, event_hooks=self.built.hooks
-        )
+        client_class: Any = httpx.AsyncClient
+        if key.endswith("_httpx2"):
+            import httpx2
+
+            client_class = httpx2.AsyncClient
+        self.client = client_class(transport=self.built.transport, event_hooks=self.built.hooks)
         self.url = url + "/"
         self.errors = 0
         self.last_error = ""
