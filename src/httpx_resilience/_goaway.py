@@ -1133,15 +1133,16 @@ async def _async_write_frames(
         room = guard._room = _SendRoom(guard._stream.get_extra_info("socket"))
     size = len(buffer)
     try:
-        if quiet and size <= room.sure and room.has_room():
-            # The common case (a request's HEADERS, small frames, no request
-            # body on its way): the kernel takes the bytes whole, and the event
-            # loop's transport holds at most a few small frames, so the write
-            # cannot block, and a shield alone keeps a cancellation out.
-            with anyio.CancelScope(shield=True):
-                await guard._stream.write(buffer, timeout)
-            return
         if size <= _SMALL_WRITE and room.has_room():
+            if quiet and size <= room.sure:
+                # The common case (a request's HEADERS, small frames, no
+                # request body on its way): the kernel takes the bytes whole,
+                # and the event loop's transport holds at most a few small
+                # frames, so the write cannot block, and a shield alone keeps
+                # a cancellation out.
+                with anyio.CancelScope(shield=True):
+                    await guard._stream.write(buffer, timeout)
+                return
             # The socket takes the bytes at once, or most of them. Shielded,
             # with no task to watch for a cancellation: nothing here sees one
             # sent by cancel(), and only a deadline (the caller's, plus the
